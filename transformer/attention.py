@@ -1,0 +1,152 @@
+"""Multi-head attention as the classic explanation draws it, with its three ablation axes as knobs.
+
+Each head h computes queries q = W_q e and keys k = W_k e, scores q.k * scale, masks them, takes a
+float32 softmax over keys, and mixes the values. The value map is either factored, value_down
+(D -> R, one per key/value head) then value_up (R -> D, one per query head), or "full", one D x D
+matrix per key/value head with no value_up. The heads' outputs are summed into the residual update,
+which is the same as concatenating them and applying an output projection.
+
+Letter key (the same in every file): B batch, L query length, M key length, D model width,
+H query heads, G key/value heads, K query/key head width, R value width (rank), F MLP hidden width,
+V vocabulary, N layers. Einsum strings use these letters, so names and contractions check each other.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from transformer import kernels
+from transformer.config import ModelConfig
+from transformer.masks import MaskSpec
+from transformer.positions import apply_rope
+
+# Logical axis names of every parameter: the runner's rules map them onto a device mesh.
+EMBED, HEADS, KV_HEADS, HEAD_DIM, VALUE_RANK = "embed", "heads", "kv_heads", "head_dim", "value_rank"
+
+
+def dense_init(std: float, names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def zeros_init(names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention with H query heads, G key/value heads, a mask and a (factored) value map.
+
+  Parameters (stable names: they are checkpoint paths and metric names):
+    query [D,H,K], key [D,G,K]; value_down [D,G,R] and value_up [H,R,D] when factored, or
+    value [D,G,D] when full; with biases, query_bias [H,K], key_bias [G,K], value_down_bias [G,R]
+    and value_up_bias [D], or value_bias [G,D].
+  With 'intermediates' mutable, the reference implementation sows `attention_weights` [B,H,L,M].
+  With decode=True, keys and values go to a 'cache' collection and queries attend to the cache.
+  """
+
+  config: ModelConfig
+
+  def _param(self, name, shape, names, std=None):
+    init = zeros_init(names) if std is None else dense_init(std, names)
+    return self.param(name, init, shape, jnp.float32)
+
+  def _project(self, x_BLD, name, eqn, shape, names, bias_names, std=None):
+    c = self.config
+    kernel = self._param(name, shape, names, c.init_std if std is None else std).astype(c.dtype)
+    y = jnp.einsum(eqn, x_BLD, kernel)
+    if c.use_bias:
+      y = y + self._param(f"{name}_bias", shape[1:], bias_names).astype(c.dtype)
+    return y
+
+  @nn.compact
+  def __call__(
+      self,
+      x_BLD: jax.Array,
+      positions_BL: jax.Array,
+      segment_ids_BL: jax.Array | None = None,
+      deterministic: bool = True,
+      decode: bool = False,
+  ) -> jax.Array:
+    """Returns the residual update update_BLD (the heads' outputs summed).
+
+    Args:
+      x_BLD: the (normalized) residual stream.
+      positions_BL: position of each token in its sequence or packed segment.
+      segment_ids_BL: packed-sequence ids (a token attends only within its segment), or None.
+      deterministic: False applies attention dropout (needs the 'dropout' RNG).
+      decode: attend to (and extend) the key/value cache instead of to x alone.
+    """
+    c = self.config
+    d, h, g, k, r = c.d_model, c.num_heads, c.kv_heads, c.key_dim, c.value_dim
+    x_BLD = x_BLD.astype(c.dtype)
+    q_BLHK = self._project(x_BLD, "query", "BLD,DHK->BLHK", (d, h, k), (EMBED, HEADS, HEAD_DIM), (HEADS, HEAD_DIM))
+    k_BLGK = self._project(x_BLD, "key", "BLD,DGK->BLGK", (d, g, k), (EMBED, KV_HEADS, HEAD_DIM),
+                           (KV_HEADS, HEAD_DIM))
+    # GPT-2 scales the init of the maps that write into the residual stream by 1/sqrt(2N).
+    residual_std = c.init_std / (2 * c.num_layers) ** 0.5
+    if c.value_mode == "full":
+      v_BLGR = self._project(x_BLD, "value", "BLD,DGR->BLGR", (d, g, r), (EMBED, KV_HEADS, VALUE_RANK),
+                             (KV_HEADS, VALUE_RANK), residual_std)
+    else:
+      v_BLGR = self._project(x_BLD, "value_down", "BLD,DGR->BLGR", (d, g, r), (EMBED, KV_HEADS, VALUE_RANK),
+                             (KV_HEADS, VALUE_RANK))
+    if c.positions == "rope":
+      q_BLHK = apply_rope(q_BLHK, positions_BL, c.rope_base)
+      k_BLGK = apply_rope(k_BLGK, positions_BL, c.rope_base)
+
+    spec = MaskSpec.from_config(c)
+    k_positions_BM, k_segment_ids_BM = positions_BL, segment_ids_BL
+    contiguous = segment_ids_BL is None
+    if decode:
+      k_BLGK, v_BLGR, k_positions_BM = self._extend_cache(k_BLGK, v_BLGR, segment_ids_BL)
+      contiguous = False
+
+    rate = c.attention_dropout_rate
+    dropout_rng = self.make_rng("dropout") if not deterministic and rate > 0.0 else None
+    if c.attention_impl == "reference" or decode:
+      allowed_BLM = spec(positions_BL, k_positions_BM, segment_ids_BL, k_segment_ids_BM)
+      mixed_BLHR, weights_BHLM = kernels.reference_attention(
+          q_BLHK, k_BLGK, v_BLGR, allowed_BLM, scale=c.scale, dropout_rate=rate, dropout_rng=dropout_rng)
+      if self.is_mutable_collection("intermediates"):
+        self.sow("intermediates", "attention_weights", weights_BHLM)
+    else:
+      core = kernels.chunked_attention if c.attention_impl == "chunked" else kernels.auto_attention
+      extra = {"contiguous": contiguous} if c.attention_impl == "auto" else {}
+      mixed_BLHR = core(q_BLHK, k_BLGK, v_BLGR, spec, positions_BL, k_positions_BM, segment_ids_BL,
+                        k_segment_ids_BM, scale=c.scale, chunk_size=c.chunk_size, dropout_rate=rate,
+                        dropout_rng=dropout_rng, **extra)
+
+    if c.value_mode == "full":
+      # Full values are already D wide: the heads' outputs are summed as they are.
+      update_BLD = mixed_BLHR.sum(axis=2)
+    else:
+      value_up = self._param("value_up", (h, r, d), (HEADS, VALUE_RANK, EMBED), residual_std).astype(c.dtype)
+      update_BLD = jnp.einsum("BLHR,HRD->BLD", mixed_BLHR, value_up)
+      if c.use_bias:
+        update_BLD = update_BLD + self._param("value_up_bias", (d,), (EMBED,)).astype(c.dtype)
+    return update_BLD
+
+  def _extend_cache(self, k_BLGK, v_BLGR, segment_ids_BL):
+    """Writes this call's keys and values at the cache index; returns the whole cache and key positions.
+
+    The cache is as long as the sequence the cache was initialized with (see decoding.init_cache).
+    Slots not yet written lie in the future of every query, so the causal masks exclude them.
+    """
+    if not self.config.is_causal:
+      raise ValueError(f"decoding needs a mask under which no token sees a later one; mask is "
+                       f"{self.config.mask!r}")
+    if segment_ids_BL is not None:
+      raise ValueError("decoding does not take segment ids: decode one sequence per row")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k_BLGK.shape, k_BLGK.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v_BLGR.shape, v_BLGR.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if self.is_initializing():
+      # init() only shapes the cache: its length is the length of the sequence init was called with.
+      return k_BLGK, v_BLGR, jnp.broadcast_to(jnp.arange(k_BLGK.shape[1]), k_BLGK.shape[:2])
+    b, m = cached_k.value.shape[:2]
+    start = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BLGK, (0, start, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BLGR, (0, start, 0, 0))
+    index.value = start + k_BLGK.shape[1]
+    return cached_k.value, cached_v.value, jnp.broadcast_to(jnp.arange(m), (b, m))
