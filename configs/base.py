@@ -49,8 +49,8 @@ def get_config() -> config_dict.ConfigDict:
   d.seq_len = 64  # tokens per example
   d.num_pairs = 8  # associative_recall: key-value pairs per example
   d.num_queries = 8  # associative_recall: queried keys per example
-  d.train_examples = 20_000  # examples in the train split
-  d.eval_examples = 1_000  # examples in the validation split
+  d.num_train = 20_000  # examples in the train split
+  d.num_validation = 1_000  # examples in the validation split
   d.seed = 0  # seed of the generated data (not of its order, which follows train.seed)
   d.data_dir = ""  # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   d.worker_count = 0  # grain worker processes (0: read in threads of the training process)

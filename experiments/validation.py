@@ -1,0 +1,163 @@
+"""Checks a whole run config before anything is compiled or written: one clear line per problem."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from ml_collections import ConfigDict
+
+from experiments import sharding
+from experiments.data import tasks
+from experiments.optimizer import NO_DECAY_KINDS, SCHEDULES
+from transformer import ModelConfig, TransformerLM, model_config_from
+
+# Which config key sets the size of each logical parameter axis, for sharding messages.
+AXIS_KEYS = {"heads": "model.num_heads", "kv_heads": "model.num_kv_heads", "mlp": "model.mlp_dim",
+             "vocab": "model.vocab_size", "embed": "model.d_model", "head_dim": "model.head_dim",
+             "value_rank": "model.value_rank", "layers": "model.num_layers"}
+EVAL_METRICS = ("eval/loss", "eval/accuracy", "eval/sequence_accuracy", "eval/perplexity")
+
+
+def task_sizes(data: ConfigDict) -> dict[str, int]:
+  """The size fields of data.task, taken from the `data` section."""
+  fields = tasks.TASKS[data.task].CONFIG_CLASS.size_fields() if data.task in tasks.TASKS else ()
+  return {name: data[name] for name in fields if name in data}
+
+
+def resolve(config: ConfigDict) -> ConfigDict:
+  """A copy with the derived values filled in: model.vocab_size and model.max_len from the data when 0."""
+  config = ConfigDict(config.to_dict())
+  if config.model.vocab_size == 0:
+    config.model.vocab_size = config.data.vocab_size
+  if config.model.max_len == 0:
+    config.model.max_len = config.data.seq_len
+  return config
+
+
+def model_config(config: ConfigDict) -> ModelConfig:
+  """The ModelConfig of a run config (after `resolve`)."""
+  return model_config_from(resolve(config).model)
+
+
+def validate(config: ConfigDict, device_count: int | None = None, process_count: int | None = None) -> list[str]:
+  """Returns every problem of the config as one line each (empty when the config is good).
+
+  Args:
+    config: the run config.
+    device_count: devices of the whole job (default: jax.device_count()).
+    process_count: processes of the job (default: jax.process_count()).
+  """
+  device_count = jax.device_count() if device_count is None else device_count
+  process_count = jax.process_count() if process_count is None else process_count
+  errors: list[str] = []
+
+  def check(ok: bool, message: str) -> None:
+    if not ok:
+      errors.append(message)
+
+  d, o, t, ck, e = config.data, config.optimizer, config.train, config.checkpoint, config.eval
+  try:
+    tasks.make_config(d.task, **task_sizes(d))
+  except ValueError as error:
+    errors.append(f"data.{error}")
+  resolved = resolve(config)
+  model = None
+  try:
+    model = model_config_from(resolved.model)
+  except ValueError as error:
+    errors.append(str(error))
+  if model is not None:
+    check(model.vocab_size >= d.vocab_size,
+          f"model.vocab_size={model.vocab_size} is smaller than data.vocab_size={d.vocab_size}: set 0 to follow the data")
+    check(model.max_len >= d.seq_len,
+          f"data.seq_len={d.seq_len} is longer than model.max_len={model.max_len} (the position table): "
+          f"raise model.max_len or set it to 0")
+
+  check(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be positive")
+  check(o.schedule in SCHEDULES, f"optimizer.schedule={o.schedule!r} is unknown: expected one of {', '.join(SCHEDULES)}")
+  check(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0")
+  check(o.decay_steps >= 0, f"optimizer.decay_steps={o.decay_steps} must be >= 0 (0 = train.steps)")
+  check(o.warmup_steps <= (o.decay_steps or t.steps),
+        f"optimizer.warmup_steps={o.warmup_steps} exceeds the decay steps {o.decay_steps or t.steps}")
+  check(0 <= o.end_learning_rate <= o.learning_rate,
+        f"optimizer.end_learning_rate={o.end_learning_rate} must be in [0, learning_rate={o.learning_rate}]")
+  check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optimizer.b1={o.b1}, b2={o.b2}: Adam betas must be in [0, 1)")
+  check(o.eps > 0, f"optimizer.eps={o.eps} must be positive")
+  check(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
+  check(o.grad_clip >= 0, f"optimizer.grad_clip={o.grad_clip} must be >= 0 (0 = off)")
+  check(o.accumulation_steps >= 1, f"optimizer.accumulation_steps={o.accumulation_steps} must be >= 1")
+  kinds = [k.strip() for k in o.no_decay.split(",") if k.strip()]
+  unknown = [k for k in kinds if k not in NO_DECAY_KINDS]
+  check(not unknown, f"optimizer.no_decay names unknown kind {unknown[0] if unknown else ''!r}: "
+                     f"expected a comma list of {', '.join(NO_DECAY_KINDS)}")
+
+  check(t.steps >= 1, f"train.steps={t.steps} must be >= 1")
+  check(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")
+  check(t.log_every >= 1, f"train.log_every={t.log_every} must be >= 1")
+  check(t.eval_every >= 0, f"train.eval_every={t.eval_every} must be >= 0 (0 = only at the end)")
+  check(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0 (0 = only at the end)")
+  check(0 <= t.seed < 2**32, f"train.seed={t.seed} must be in [0, 2**32)")
+
+  mesh_shape = None
+  try:
+    mesh_shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, device_count)))
+  except ValueError as error:
+    errors.append(str(error))
+  rules = None
+  try:
+    rules = sharding.parse_rules(config.mesh.rules)
+  except ValueError as error:
+    errors.append(str(error))
+  if mesh_shape is not None:
+    batch_ways = mesh_shape["data"] * mesh_shape["fsdp"]
+    micro = t.batch_size // max(o.accumulation_steps, 1)
+    check(t.batch_size % max(o.accumulation_steps, 1) == 0,
+          f"train.batch_size={t.batch_size} is not divisible by optimizer.accumulation_steps={o.accumulation_steps}")
+    check(micro % batch_ways == 0,
+          f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the data-parallel size "
+          f"{batch_ways} (mesh.data x mesh.fsdp)")
+    check(t.batch_size % process_count == 0,
+          f"train.batch_size={t.batch_size} is not divisible by the {process_count} processes")
+    eval_batch = e.batch_size or t.batch_size
+    check(e.batch_size >= 0, f"eval.batch_size={e.batch_size} must be >= 0 (0 = train.batch_size)")
+    check(eval_batch % batch_ways == 0 and eval_batch % process_count == 0,
+          f"eval.batch_size={eval_batch} is not divisible by the data-parallel size {batch_ways} and "
+          f"the {process_count} processes")
+    if model is not None and rules is not None:
+      errors.extend(_sharding_errors(model, mesh_shape, dict(rules)))
+  check(e.max_batches >= 0, f"eval.max_batches={e.max_batches} must be >= 0 (0 = the whole split)")
+
+  check(ck.keep >= 1, f"checkpoint.keep={ck.keep} must be >= 1")
+  check(ck.keep_best >= 0, f"checkpoint.keep_best={ck.keep_best} must be >= 0")
+  check(ck.best_mode in ("min", "max"), f"checkpoint.best_mode={ck.best_mode!r} must be 'min' or 'max'")
+  check(ck.best_metric in EVAL_METRICS,
+        f"checkpoint.best_metric={ck.best_metric!r} is unknown: expected one of {', '.join(EVAL_METRICS)}")
+  if ck.restore_from:
+    check(os.path.isdir(os.path.join(ck.restore_from, "checkpoints")),
+          f"checkpoint.restore_from={ck.restore_from!r} has no checkpoints/ folder: give a training run's workdir")
+  return errors
+
+
+def _sharding_errors(model: ModelConfig, mesh_shape: dict[str, int], rules: dict) -> list[str]:
+  """Parameter axes whose size the mesh axes they are mapped to do not divide."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  abstract = jax.eval_shape(lambda: TransformerLM(model).init(jax.random.key(0), jax.numpy.zeros((1, 1), int)))
+  errors = {}
+  for boxed in jax.tree.leaves(abstract["params"], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)):
+    if not isinstance(boxed, nn.LogicallyPartitioned):
+      continue
+    for size, name in zip(boxed.value.shape, boxed.names):
+      target = rules.get(name)
+      if target is None:
+        continue
+      axes = (target,) if isinstance(target, str) else target
+      ways = 1
+      for axis in axes:
+        ways *= mesh_shape[axis]
+      if size % ways and name not in errors:
+        key = AXIS_KEYS.get(name, name)
+        errors[name] = (f"{key}: the '{name}' axis has size {size}, which mesh {'x'.join(axes)}={ways} does not "
+                        f"divide; change the size, the mesh, or the rule '{name}=' in mesh.rules")
+  return list(errors.values())
