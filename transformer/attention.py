@@ -56,7 +56,8 @@ class MultiHeadAttention(nn.Module):
     kernel = self._param(name, shape, names, c.init_std if std is None else std).astype(c.dtype)
     y = jnp.einsum(eqn, x_BLD, kernel)
     if c.use_bias:
-      y = y + self._param(f"{name}_bias", shape[1:], bias_names).astype(c.dtype)
+      # Leading axes written out: the tests run with jax_numpy_rank_promotion="raise".
+      y = y + self._param(f"{name}_bias", shape[1:], bias_names).astype(c.dtype)[None, None]
     return y
 
   @nn.compact
@@ -124,7 +125,7 @@ class MultiHeadAttention(nn.Module):
       value_up = self._param("value_up", (h, r, d), (HEADS, VALUE_RANK, EMBED), residual_std).astype(c.dtype)
       update_BLD = jnp.einsum("BLHR,HRD->BLD", mixed_BLHR, value_up)
       if c.use_bias:
-        update_BLD = update_BLD + self._param("value_up_bias", (d,), (EMBED,)).astype(c.dtype)
+        update_BLD = update_BLD + self._param("value_up_bias", (d,), (EMBED,)).astype(c.dtype)[None, None]
     return update_BLD
 
   def _extend_cache(self, k_BLGK, v_BLGR, segment_ids_BL):

@@ -34,10 +34,11 @@ class LayerNorm(nn.Module):
     mean = x.mean(axis=-1, keepdims=True)
     variance = jnp.square(x - mean).mean(axis=-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(variance + c.layer_norm_epsilon)
+    # Leading axes written out (here and below): the tests run with jax_numpy_rank_promotion="raise".
     y = y * self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (EMBED,)),
-                       (c.d_model,), jnp.float32)
+                       (c.d_model,), jnp.float32)[None, None]
     if c.use_bias:
-      y = y + self.param("bias", zeros_init((EMBED,)), (c.d_model,), jnp.float32)
+      y = y + self.param("bias", zeros_init((EMBED,)), (c.d_model,), jnp.float32)[None, None]
     return y.astype(c.dtype)
 
 
@@ -53,14 +54,15 @@ class Mlp(nn.Module):
     up = self.param("up", dense_init(c.init_std, (EMBED, MLP)), (c.d_model, f), jnp.float32)
     h_BLF = jnp.einsum("BLD,DF->BLF", x_BLD, up.astype(c.dtype))
     if c.use_bias:
-      h_BLF = h_BLF + self.param("up_bias", zeros_init((MLP,)), (f,), jnp.float32).astype(c.dtype)
+      h_BLF = h_BLF + self.param("up_bias", zeros_init((MLP,)), (f,), jnp.float32).astype(c.dtype)[None, None]
     h_BLF = nn.gelu(h_BLF)
     # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2N).
     down_std = c.init_std / (2 * c.num_layers) ** 0.5
     down = self.param("down", dense_init(down_std, (MLP, EMBED)), (f, c.d_model), jnp.float32)
     y_BLD = jnp.einsum("BLF,FD->BLD", h_BLF, down.astype(c.dtype))
     if c.use_bias:
-      y_BLD = y_BLD + self.param("down_bias", zeros_init((EMBED,)), (c.d_model,), jnp.float32).astype(c.dtype)
+      y_BLD = y_BLD + self.param("down_bias", zeros_init((EMBED,)), (c.d_model,),
+                                 jnp.float32).astype(c.dtype)[None, None]
     return y_BLD
 
 

@@ -35,7 +35,7 @@ def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, base: float) -> jax.A
   half = x_BLHK.shape[-1] // 2
   # Angles in float32 whatever the compute dtype: bfloat16 cannot hold positions past 256 exactly.
   frequencies_F = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_BLF = positions_BL[..., None].astype(jnp.float32) * frequencies_F
+  angles_BLF = positions_BL[..., None].astype(jnp.float32) * frequencies_F[None, None]
   cos_BL1F = jnp.cos(angles_BLF)[:, :, None, :]
   sin_BL1F = jnp.sin(angles_BLF)[:, :, None, :]
   first, second = x_BLHK[..., :half].astype(jnp.float32), x_BLHK[..., half:].astype(jnp.float32)

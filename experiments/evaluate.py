@@ -1,0 +1,47 @@
+r"""Evaluates a training run's checkpoint on its validation split.
+
+  python -m experiments.evaluate --workdir=DIR [--step=N] [--config.eval.max_batches=10]
+
+The run's own config (DIR/config.json) defines the model and data; `--config.*` style overrides of
+the eval section are accepted as `--max_batches`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+from absl import app, flags
+
+from experiments import checkpoint
+from experiments.runner import Trainer
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_MAX_BATCHES = flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches (default: the config's).")
+
+
+def evaluate(workdir: str, step: int | None = None, max_batches: int | None = None) -> dict[str, float]:
+  """Returns the eval metrics of a run's checkpoint (latest, or `step`), with the step under "step"."""
+  config = checkpoint.read_config(workdir)
+  if max_batches is not None:
+    config.eval.max_batches = max_batches
+  trainer = Trainer(config, workdir)
+  params, step = checkpoint.restore_params(workdir, trainer.abstract_state.params, step)
+  return {"step": step, **trainer.evaluate(params)}
+
+
+def main(argv):
+  del argv
+  try:
+    metrics = evaluate(_WORKDIR.value, _STEP.value, _MAX_BATCHES.value)
+  except FileNotFoundError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  if jax.process_index() == 0:
+    print(json.dumps(metrics, indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,347 @@
+"""The training run: builds everything a config describes, trains, evaluates, checkpoints, resumes.
+
+`train_and_evaluate(config, workdir)` is the one entry; experiments/train.py wraps it in flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from experiments import checkpoint, sharding, validation
+from experiments.data import pipeline, tasks
+from experiments.metrics import MetricWriter, device_peak_flops, write_json
+from experiments.optimizer import learning_rate_schedule, make_optimizer
+from experiments.steps import TrainState, eval_step, summarize_eval, train_step
+from transformer import TransformerLM
+from transformer.accounting import flops_per_token, parameter_counts
+
+
+class ConfigError(ValueError):
+  """The config is invalid; the message has one line per problem."""
+
+
+class NonFiniteLoss(RuntimeError):
+  """Training produced a NaN or infinite loss."""
+
+
+class WorkdirLocked(RuntimeError):
+  """Another live process trains in this workdir."""
+
+
+def data_dir(config: ConfigDict) -> str:
+  return config.data.data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds an exclusive lock on workdir for the life of the run; the OS releases it if the process dies."""
+  path = os.path.join(workdir, f".lock.process_{jax.process_index()}")
+  handle = open(path, "a+", encoding="utf-8")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    owner = handle.read().strip() or "another process"
+    handle.close()
+    raise WorkdirLocked(f"workdir {workdir} is in use by a live run ({owner}); wait for it or use another "
+                        f"--workdir") from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"pid {os.getpid()}")
+  handle.flush()
+  try:
+    yield
+  finally:
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
+
+
+def check_resumable(workdir: str, config: ConfigDict) -> None:
+  """Refuses to resume a workdir whose saved model or data differ from this config's."""
+  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  for section in ("model", "data"):
+    old, new = saved.get(section, {}), config[section].to_dict()
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "data_dir")
+    if changed:
+      key = changed[0]
+      raise ConfigError(f"{section}.{key}={new.get(key)!r} differs from {old.get(key)!r} saved in {path}: "
+                        f"use a new --workdir, or the saved value to resume")
+
+
+class Preemption:
+  """Turns SIGTERM and SIGINT into a flag the loop checks, so that it can save and exit cleanly."""
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      # On several hosts the coordination service handles SIGTERM and agrees on a step (see `reached`).
+      if sig == signal.SIGTERM and jax.process_count() > 1:
+        continue
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+
+  def reached(self, step: int) -> bool:
+    """True once a signal asks the run to stop; on several hosts, at the same step on all of them."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal_name = self.signal_name or "SIGTERM"
+        return True
+    return self.signal_name is not None
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _mean_metrics(pending: list[tuple[int, dict[str, jax.Array]]]) -> tuple[dict[str, float], int | None]:
+  """Averages the steps' metrics fetched in one transfer; returns them and the first non-finite step."""
+  steps = [step for step, _ in pending]
+  values = jax.device_get([metrics for _, metrics in pending])
+  bad = [step for step, m in zip(steps, values) if not np.isfinite(m["train/loss"])]
+  mean = {k: float(np.mean([m[k] for m in values])) for k in values[0] if k != "train/tokens"}
+  mean["train/learning_rate"] = float(values[-1]["train/learning_rate"])
+  return mean, (bad[0] if bad else None)
+
+
+class Trainer:
+  """Everything built once per run: mesh, model, optimizer, shardings, compiled steps, data."""
+
+  def __init__(self, config: ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.model_config = validation.model_config(config)
+    self.model = TransformerLM(self.model_config)
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.rules = sharding.parse_rules(config.mesh.rules)
+    t = config.train
+
+    tokens_BL = jnp.zeros((1, config.data.seq_len), jnp.int32)
+    boxed_params = jax.eval_shape(lambda: self.model.init(jax.random.key(0), tokens_BL))["params"]
+    self.param_shardings = sharding.param_shardings(boxed_params, self.mesh, self.rules)
+    abstract_params = nn.unbox(boxed_params)
+    self.schedule = learning_rate_schedule(config.optimizer, t.steps)
+    self.tx = make_optimizer(config.optimizer, t.steps, abstract_params)
+    abstract_opt_state = jax.eval_shape(self.tx.init, abstract_params)
+    replicated = sharding.replicated(self.mesh)
+    self.state_shardings = TrainState(
+        step=replicated, params=self.param_shardings, rng=replicated,
+        opt_state=sharding.optimizer_shardings(self.tx, abstract_opt_state, self.param_shardings, self.mesh))
+
+    def init_state(seed):
+      key = jax.random.key(seed)
+      params = nn.unbox(self.model.init(jax.random.fold_in(key, 0), tokens_BL)["params"])
+      return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=self.tx.init(params),
+                        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+    self._init_state = jax.jit(init_state, static_argnums=0, out_shardings=self.state_shardings)
+    self.abstract_state = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(init_state, t.seed), self.state_shardings)
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    self.train_step = jax.jit(
+        functools.partial(train_step, model=self.model, tx=self.tx,
+                          accumulation_steps=config.optimizer.accumulation_steps, schedule=self.schedule),
+        in_shardings=(self.state_shardings, batch_sharding), out_shardings=(self.state_shardings, replicated),
+        donate_argnums=0)
+    self.eval_step = jax.jit(functools.partial(eval_step, model=self.model),
+                             in_shardings=(self.param_shardings, batch_sharding), out_shardings=replicated)
+
+    if jax.process_index() == 0:
+      self.builder = tasks.prepare(config.data.task, data_dir(config), **validation.task_sizes(config.data))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      multihost_utils.sync_global_devices("data prepared")
+    if jax.process_index() != 0:
+      self.builder = tasks.prepare(config.data.task, data_dir(config), **validation.task_sizes(config.data))
+    self.local_batch = t.batch_size // jax.process_count()
+    eval_batch = (config.eval.batch_size or t.batch_size) // jax.process_count()
+    self.eval_data = pipeline.eval_batches(self.builder, batch_size=eval_batch, process_index=jax.process_index(),
+                                           process_count=jax.process_count())
+
+  def new_train_iterator(self):
+    return pipeline.train_iterator(self.builder, batch_size=self.local_batch, seed=self.config.train.seed,
+                                   process_index=jax.process_index(), process_count=jax.process_count(),
+                                   worker_count=self.config.data.worker_count)
+
+  def initial_state(self) -> TrainState:
+    return self._init_state(self.config.train.seed)
+
+  def evaluate(self, params) -> dict[str, float]:
+    """Metrics over the validation split (or its first eval.max_batches batches)."""
+    totals = None
+    for index, local_batch in enumerate(self.eval_data):
+      if self.config.eval.max_batches and index >= self.config.eval.max_batches:
+        break
+      sums = self.eval_step(params, sharding.global_batch(local_batch, self.mesh))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    return summarize_eval({k: float(v) for k, v in jax.device_get(totals).items()})
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False) -> dict[str, Any]:
+  """Runs (or resumes) the training a config describes and returns the final summary.
+
+  Raises:
+    ConfigError: the config is invalid (nothing was written).
+    WorkdirLocked: another live run uses the workdir.
+    NonFiniteLoss: the loss became NaN or infinite (the last good checkpoint stays).
+  """
+  errors = validation.validate(config)
+  if errors:
+    raise ConfigError("\n".join(errors))
+  config = validation.resolve(config)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock(workdir):
+    check_resumable(workdir, config)
+    return _run(config, workdir, progress)
+
+
+def _run(config: ConfigDict, workdir: str, progress: bool) -> dict[str, Any]:
+  t, lead = config.train, jax.process_index() == 0
+  start_time = time.time()
+  trainer = Trainer(config, workdir)
+  if lead:
+    write_json(os.path.join(workdir, checkpoint.CONFIG_FILE), config.to_dict())
+  manager = checkpoint.make_manager(workdir, config.checkpoint)
+  iterator = trainer.new_train_iterator()
+  latest = manager.latest_step()
+  if latest is not None:
+    state = checkpoint.restore(manager, latest, trainer.abstract_state, iterator)
+    logging.info("resumed from step %d of %s", latest, workdir)
+  else:
+    state = trainer.initial_state()
+    if config.checkpoint.restore_from:
+      params, step = checkpoint.restore_params(config.checkpoint.restore_from, trainer.abstract_state.params)
+      state = state.replace(params=params)
+      logging.info("initialized params from %s step %d", config.checkpoint.restore_from, step)
+  first_step = int(jax.device_get(state.step))
+
+  counts = parameter_counts(trainer.model_config)
+  flops_token = flops_per_token(trainer.model_config, config.data.seq_len)
+  peak_flops, peak_source = device_peak_flops(trainer.model_config.dtype)
+  writer = MetricWriter(workdir, enabled=lead)
+  bar = None
+  if progress and lead:
+    import tqdm  # pylint: disable=g-import-not-at-top
+
+    bar = tqdm.tqdm(total=t.steps, initial=first_step, unit="step", dynamic_ncols=True)
+
+  best: dict[str, float] = {}
+  last_eval: dict[str, float] = {}
+  last_train: dict[str, float] = {}
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  tokens_per_step = t.batch_size * config.data.seq_len
+  timer_start, timer_steps, data_wait = time.perf_counter(), 0, 0.0
+  stop_reason = "completed"
+
+  def flush(step: int) -> None:
+    """Fetches pending metrics (the only host sync of the loop) and stops on a non-finite loss."""
+    nonlocal timer_start, timer_steps, data_wait, last_train
+    if not pending:
+      return
+    mean, bad_step = _mean_metrics(pending)
+    pending.clear()
+    if bad_step is not None:
+      raise NonFiniteLoss(f"the training loss became NaN or infinite at step {bad_step}; the last good checkpoint "
+                          f"is kept in {workdir}/checkpoints (try a lower optimizer.learning_rate or "
+                          f"optimizer.grad_clip)")
+    elapsed = time.perf_counter() - timer_start
+    tokens_per_sec = tokens_per_step * timer_steps / max(elapsed, 1e-9)
+    mean["perf/tokens_per_sec"] = tokens_per_sec
+    mean["perf/step_time"] = elapsed / max(timer_steps, 1)
+    mean["perf/mfu"] = flops_token * tokens_per_sec / peak_flops
+    mean["perf/data_wait_fraction"] = data_wait / max(elapsed, 1e-9)
+    writer.write(step, mean)
+    last_train = mean
+    if bar is not None:
+      bar.set_postfix(loss=f"{mean['train/loss']:.4f}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
+    timer_start, timer_steps, data_wait = time.perf_counter(), 0, 0.0
+
+  def run_eval(step: int) -> dict[str, float]:
+    nonlocal last_eval
+    metrics = trainer.evaluate(state.params)
+    writer.write(step, metrics)
+    last_eval = metrics
+    metric, sign = config.checkpoint.best_metric, (1 if config.checkpoint.best_mode == "min" else -1)
+    if not best or sign * metrics[metric] < sign * best[metric]:
+      best.update(metrics, step=step)
+    return metrics
+
+  with Preemption() as preemption:
+    step = first_step
+    while step < t.steps:
+      wait_start = time.perf_counter()
+      batch = sharding.global_batch(next(iterator), trainer.mesh)
+      data_wait += time.perf_counter() - wait_start
+      state, metrics = trainer.train_step(state, batch)
+      step += 1
+      timer_steps += 1
+      pending.append((step, metrics))
+      if bar is not None:
+        bar.update(1)
+      final = step == t.steps
+      if step % t.log_every == 0 or final:
+        flush(step)
+      eval_metrics = None
+      if (t.eval_every and step % t.eval_every == 0) or final:
+        flush(step)
+        eval_metrics = run_eval(step)
+      stopping = preemption.reached(step)
+      if (t.checkpoint_every and step % t.checkpoint_every == 0) or final or stopping:
+        flush(step)  # never save a state whose loss went non-finite
+        checkpoint.save(manager, state, iterator, eval_metrics)
+      if stopping:
+        stop_reason = f"stopped by {preemption.signal_name} at step {step}"
+        logging.warning("%s: checkpoint saved, exiting", stop_reason)
+        break
+      if eval_metrics is not None:
+        timer_start, timer_steps, data_wait = time.perf_counter(), 0, 0.0  # eval time is not step time
+  manager.wait_until_finished()
+  manager.close()
+  if bar is not None:
+    bar.close()
+
+  summary = {
+      "status": stop_reason,
+      "step": step,
+      "final": {**last_train, **last_eval},
+      "best": best,
+      "parameters": counts["total"],
+      "flops_per_token": flops_token,
+      "peak_flops": peak_flops,
+      "peak_flops_source": peak_source,
+      "wall_time_sec": time.time() - start_time,
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+  }
+  if lead:
+    write_json(os.path.join(workdir, "summary.json"), summary)
+  writer.close()
+  return summary

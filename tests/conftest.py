@@ -1,0 +1,36 @@
+"""Fixtures shared by the test files."""
+
+import os
+import tempfile
+
+import pytest
+
+# One persistent XLA compilation cache for the whole test session, inherited by subprocesses: many
+# tests compile the same tiny programs, and on a 2-core machine compiling dominates their time.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "attention-tests-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir for the whole session, so each task and size is prepared once."""
+  return str(tmp_path_factory.mktemp("tfds_data"))
+
+
+# Strict rank promotion in every test: an implicit broadcast between arrays of different ranks is an error.
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+# Hypothesis profiles. "dev" (the default) keeps the suite fast on a laptop; HYPOTHESIS_PROFILE=thorough
+# runs many more examples. No deadline: the first example of a shape includes JAX's compilation.
+# Tests that set their own max_examples or deadline keep them.
+import os  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("dev", max_examples=10, deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=200, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

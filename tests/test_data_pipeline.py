@@ -1,0 +1,158 @@
+"""Tests of experiments/data/pipeline.py: shuffling, sharding, exact resumption, eval padding."""
+
+from absl import flags
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.data import pipeline, tasks
+
+SIZES = dict(vocab_size=16, seq_len=16, num_train=40, num_validation=23, num_pairs=3, num_queries=2)
+
+
+@pytest.fixture(scope="module")
+def builder(tfds_data_dir):
+  return tasks.prepare("associative_recall", tfds_data_dir, **SIZES)
+
+
+def _indexed_source(n: int, seq_len: int = 4) -> list[dict[str, np.ndarray]]:
+  """A source whose example i has inputs all equal to i + 1, so batches show what was read."""
+  return [{"inputs": np.full(seq_len, i + 1, np.int32), "targets": np.zeros(seq_len, np.int32),
+           "weights": np.ones(seq_len, np.float32)} for i in range(n)]
+
+
+def _ids(batch) -> list[int]:
+  """The source indices of the rows of a batch of `_indexed_source` (-1 for padding)."""
+  return (batch["inputs"][:, 0] - 1).tolist()
+
+
+def _take(iterator, n: int) -> list[dict[str, np.ndarray]]:
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_same_batches(a, b) -> None:
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_train_batches_from_a_builder(builder):
+  batch = next(pipeline.train_iterator(builder, batch_size=8, seed=0))
+  assert set(batch) == {"inputs", "targets", "weights"}
+  assert batch["inputs"].shape == batch["targets"].shape == batch["weights"].shape == (8, 16)
+  assert batch["inputs"].dtype == np.int32 and batch["weights"].dtype == np.float32
+  np.testing.assert_array_equal(batch["weights"].sum(1), 2)  # two queries per example
+
+
+def test_each_epoch_is_a_new_permutation():
+  iterator = pipeline.train_iterator(_indexed_source(12), batch_size=4, seed=3)
+  epochs = [sum((_ids(b) for b in _take(iterator, 3)), []) for _ in range(3)]
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(12))
+  assert epochs[0] != epochs[1] != epochs[2] and epochs[0] != list(range(12))
+  other_seed = pipeline.train_iterator(_indexed_source(12), batch_size=4, seed=4)
+  assert sum((_ids(b) for b in _take(other_seed, 3)), []) != epochs[0]
+
+
+def test_drop_remainder_keeps_batches_within_an_epoch():
+  iterator = pipeline.train_iterator(_indexed_source(10), batch_size=4, seed=0)
+  for _ in range(4):  # two batches per epoch; the 2 left over are dropped, never mixed in
+    first, second = _ids(next(iterator)), _ids(next(iterator))
+    assert len(set(first + second)) == 8
+
+
+@pytest.mark.parametrize("n", [24, 25])
+def test_processes_partition_each_epoch(n):
+  shards = [pipeline.train_iterator(_indexed_source(n), batch_size=4, seed=7, process_index=p,
+                                    process_count=2) for p in range(2)]
+  for _ in range(2):  # two epochs, each reshuffled
+    seen = [sum((_ids(b) for b in _take(shard, 3)), []) for shard in shards]
+    assert not set(seen[0]) & set(seen[1])
+    if n == 24:
+      assert sorted(seen[0] + seen[1]) == list(range(n))
+
+
+def test_resumes_exactly_from_saved_state(builder):
+  iterator = pipeline.train_iterator(builder, batch_size=8, seed=1)
+  _take(iterator, 7)  # crosses an epoch boundary (5 batches per epoch)
+  state = iterator.get_state()
+  expected = _take(iterator, 6)
+  fresh = pipeline.train_iterator(builder, batch_size=8, seed=1)
+  fresh.set_state(state)
+  _assert_same_batches(_take(fresh, 6), expected)
+
+
+def test_resumes_exactly_through_orbax(builder, tmp_path):
+  iterator = pipeline.train_iterator(builder, batch_size=8, seed=2)
+  _take(iterator, 3)
+  with ocp.CheckpointManager(tmp_path) as manager:
+    manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+    manager.wait_until_finished()
+  expected = _take(iterator, 4)
+  fresh = pipeline.train_iterator(builder, batch_size=8, seed=2)
+  with ocp.CheckpointManager(tmp_path) as manager:
+    manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+  _assert_same_batches(_take(fresh, 4), expected)
+
+
+def test_worker_processes_give_the_same_batches(builder):
+  """mp_prefetch pickles the TFDS source into a worker; the batches must not change."""
+  # grain's workers read absl flags, which app.run parses in the real runner.
+  parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  try:
+    with_workers = pipeline.train_iterator(builder, batch_size=8, seed=5, worker_count=1)
+    batches = _take(with_workers, 6)
+    state = with_workers.get_state()
+    with_workers.close()
+  finally:
+    if not parsed:
+      flags.FLAGS.unparse_flags()
+  in_process = pipeline.train_iterator(builder, batch_size=8, seed=5)
+  _assert_same_batches(batches, _take(in_process, 6))
+  assert state  # the worker pipeline's state is checkpointable too
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 3])
+def test_eval_covers_every_example_once_and_pads_with_zero_weights(process_count):
+  n, batch_size = 23, 5
+  source = _indexed_source(n)
+  passes = [list(pipeline.eval_batches(source, batch_size=batch_size, process_index=p,
+                                       process_count=process_count))
+            for p in range(process_count)]
+  assert len({len(batches) for batches in passes}) == 1  # all processes step together
+  real = []
+  for p, batches in enumerate(passes):
+    ids = sum((_ids(b) for b in batches), [])
+    weights = np.concatenate([b["weights"] for b in batches])
+    mine = [i for i in ids if i >= 0]
+    assert mine == list(range(p, n, process_count))  # ordered, strided
+    assert ids[len(mine):] == [-1] * (len(ids) - len(mine))  # padding only at the end
+    assert np.all(weights[len(mine):] == 0) and np.all(weights[: len(mine)] == 1)
+    real += mine
+  assert sorted(real) == list(range(n))
+
+
+def test_eval_from_a_builder_is_re_iterable(builder):
+  batches = pipeline.eval_batches(builder, batch_size=8)
+  first, second = list(batches), list(batches)
+  assert len(first) == 3  # 23 examples: 8 + 8 + 7 and one padding row
+  _assert_same_batches(first, second)
+  assert first[-1]["weights"][-1].sum() == 0 and first[-1]["weights"][-2].sum() == 2
+  np.testing.assert_array_equal(first[-1]["inputs"][-1], 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=4, process_index=2, process_count=2), "process_index"),
+        (dict(batch_size=7, process_count=2), "batch_size"),  # more than a shard of 12
+    ],
+)
+def test_bad_arguments_raise(kwargs, field):
+  with pytest.raises(ValueError, match=f"^{field}"):
+    pipeline.train_iterator(_indexed_source(12), seed=0, **kwargs)
