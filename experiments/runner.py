@@ -233,7 +233,13 @@ def _run(config: ConfigDict, workdir: str, progress: bool) -> dict[str, Any]:
   iterator = trainer.new_train_iterator()
   latest = manager.latest_step()
   if latest is not None:
-    state = checkpoint.restore(manager, latest, trainer.abstract_state, iterator)
+    try:
+      state = checkpoint.restore(manager, latest, trainer.abstract_state, iterator)
+    except (ValueError, KeyError, TypeError) as error:
+      manager.close()
+      first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+      raise ConfigError(f"the checkpoint at step {latest} in {workdir} does not fit this config's train state "
+                        f"(were optimizer settings such as grad_clip changed?): {first_line}") from error
     logging.info("resumed from step %d of %s", latest, workdir)
   else:
     state = trainer.initial_state()

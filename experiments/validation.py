@@ -119,6 +119,12 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
           f"{batch_ways} (mesh.data x mesh.fsdp)")
     check(t.batch_size % process_count == 0,
           f"train.batch_size={t.batch_size} is not divisible by the {process_count} processes")
+    # Every process reads its own batch rows, so the devices that share rows (one tensor group, the
+    # innermost mesh axis) must all belong to one process; otherwise training is silently wrong.
+    local_devices = device_count // max(process_count, 1)
+    check(process_count == 1 or local_devices % mesh_shape["tensor"] == 0,
+          f"mesh.tensor={mesh_shape['tensor']} spans processes ({local_devices} devices each): a tensor group must "
+          f"lie within one process; shrink mesh.tensor or use data/fsdp across processes")
     eval_batch = e.batch_size or t.batch_size
     check(e.batch_size >= 0, f"eval.batch_size={e.batch_size} must be >= 0 (0 = train.batch_size)")
     check(eval_batch % batch_ways == 0 and eval_batch % process_count == 0,

@@ -27,10 +27,20 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # Hypothesis profiles. "dev" (the default) keeps the suite fast on a laptop; HYPOTHESIS_PROFILE=thorough
 # runs many more examples. No deadline: the first example of a shape includes JAX's compilation.
 # Tests that set their own max_examples or deadline keep them.
-import os  # noqa: E402
-
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("dev", max_examples=10, deadline=None, print_blob=True)
 settings.register_profile("thorough", max_examples=200, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="module")
+def fast_compilation():
+  """Skips most XLA optimizations while a test module runs: its programs are tiny, so compiling dominates.
+
+  Opt in with `pytestmark = pytest.mark.usefixtures("fast_compilation")`. Results still compare with tolerances.
+  """
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -46,13 +46,18 @@ def _source(data: tfds.core.DatasetBuilder | Source, split: str) -> Source:
 
 
 class _BatchReader:
-  """Reads the examples at a batch of indices and stacks them; index -1 is an all-zero example."""
+  """Reads the examples at a batch of indices and stacks them; index -1 is an all-zero example.
 
-  def __init__(self, source: Source):
+  With `rows`, reads only that slice of the indices: a process's share of a global batch.
+  """
+
+  def __init__(self, source: Source, rows: slice = slice(None)):
     self._source = source
+    self._rows = rows
     self._padding = {k: np.zeros_like(v) for k, v in source[0].items()}
 
   def __call__(self, indices: Sequence[int]) -> Batch:
+    indices = list(indices)[self._rows]
     keys = [int(i) for i in indices if i >= 0]
     # TFDS sources read a list of records in one call, about a third faster than one by one.
     read_many = getattr(self._source, "__getitems__", None)
@@ -91,10 +96,14 @@ def train_iterator(
 ) -> grain.DatasetIterator:
   """Returns an endless iterator of shuffled training batches for this process.
 
-  Every epoch is a fresh permutation of the whole split (same `seed` on every process), which
-  the processes split between them by striding, so per epoch their examples are disjoint and
-  together cover the split. Each process batches its share of an epoch with drop_remainder, so
-  batches never mix epochs; the dropped examples differ from epoch to epoch.
+  Every epoch is a fresh permutation of the whole split (same `seed` on every process), cut into
+  global batches of `batch_size * process_count` examples with drop_remainder, so batches never
+  mix epochs and the dropped examples differ from epoch to epoch. Process p reads rows
+  [p * B, (p + 1) * B) of each global batch. So the global batch of every step is the same, row
+  for row, whatever the number of processes: a multi-host run trains like one process with the
+  same global batch. (Striding the permutation between processes and batching each share would
+  not: when the split does not divide evenly, shares get different numbers of batches per epoch
+  and the processes drift into different epochs.)
 
   Args:
     data: a prepared builder (see `tasks.prepare`) or a random-access source of examples.
@@ -114,17 +123,18 @@ def train_iterator(
   source = _source(data, split)
   _check(batch_size, process_index, process_count, len(source))
   # The pipeline shuffles indices and reads a batch at a time at the end. Indices past the
-  # end of the range mean later epochs: the shuffle folds the epoch into its seed, and slice
-  # and batch pass the epoch through, so every epoch is reshuffled. Shuffling before sharding
-  # makes all processes slice the same global permutation.
+  # end of the range mean later epochs: the shuffle folds the epoch into its seed, and batch
+  # passes the epoch through, so every epoch is reshuffled. All processes batch the same global
+  # permutation and each reads only its rows of a global batch.
   indices = grain.MapDataset.range(len(source)).shuffle(seed=seed)
-  indices = indices[process_index::process_count]
-  if len(indices) < batch_size:
+  global_batch = batch_size * process_count
+  if len(indices) < global_batch:
     raise ValueError(
-        f"batch_size={batch_size}: larger than the {len(indices)} examples of process"
-        f" {process_index} of {process_count}"
+        f"batch_size={batch_size}: the global batch of {process_count} x {batch_size} is larger"
+        f" than the {len(indices)} examples of the split"
     )
-  batches = indices.batch(batch_size, drop_remainder=True, batch_fn=_BatchReader(source))
+  rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
+  batches = indices.batch(global_batch, drop_remainder=True, batch_fn=_BatchReader(source, rows))
   batches = batches.repeat(None).to_iter_dataset(_read_options(read_threads, prefetch_batches))
   if worker_count > 0:
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))

@@ -1,0 +1,399 @@
+"""Tests of transformer/model.py and transformer/config.py: scanned equals unrolled, jit equals eager,
+bfloat16, dropout, packed sequences, and the validation of ModelConfig."""
+
+import dataclasses
+
+import flax.errors
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import config_dict
+
+from transformer.config import ModelConfig, model_config_from
+from transformer.model import LayerNorm, TransformerLM
+
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
+BATCH, LENGTH = 2, 6
+
+
+def tiny_config(**overrides) -> ModelConfig:
+  fields = dict(vocab_size=11, max_len=8, num_layers=2, d_model=8, num_heads=2, chunk_size=4)
+  fields.update(overrides)
+  return ModelConfig(**fields)
+
+
+def param_shapes(c: ModelConfig) -> dict:
+  tokens = jnp.zeros((1, c.max_len), jnp.int32)
+  return nn.unbox(jax.eval_shape(TransformerLM(c).init, jax.random.key(0), tokens)["params"])
+
+
+def random_params(c: ModelConfig, seed: int = 0) -> dict:
+  """Parameters far from the init's tiny values, so that every layer changes the logits noticeably."""
+  rng = np.random.RandomState(seed)
+
+  def fill(path, shape):
+    offset = 1.0 if path[-1].key == "scale" else 0.0  # LayerNorm scales around 1
+    return jnp.asarray(offset + 0.3 * rng.randn(*shape.shape), jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, param_shapes(c))
+
+
+def random_tokens(seed: int, c: ModelConfig, batch: int = BATCH, length: int = LENGTH) -> jax.Array:
+  return jnp.asarray(np.random.RandomState(seed).randint(0, c.vocab_size, (batch, length)))
+
+
+def forward(c: ModelConfig):
+  """The jitted forward pass of a config, (params, tokens) -> logits."""
+  return jax.jit(lambda params, tokens: TransformerLM(c).apply({"params": params}, tokens))
+
+
+def to_scanned(params: dict, num_layers: int) -> dict:
+  """Unrolled params (block_0 .. block_{N-1}) -> the scanned layout (blocks/block with a leading layer axis)."""
+  out = {name: value for name, value in params.items() if not name.startswith("block_")}
+  layers = [params[f"block_{i}"] for i in range(num_layers)]
+  assert set(params) - set(out) == {f"block_{i}" for i in range(num_layers)}
+  out["blocks"] = {"block": jax.tree.map(lambda *leaves: jnp.stack(leaves), *layers)}
+  return out
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda leaf: (tuple(leaf.shape), leaf.dtype), tree)
+
+
+# ----------------------------------------------------------------------------------------------
+# scan_layers == unrolled
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(positions="rope", num_kv_heads=1, value_mode="full", mask="prefix", prefix_length=3,
+             remat_policy="full", attention_impl="chunked"),
+        dict(remat_policy="dots", tie_embeddings=False, positions="sinusoidal", num_layers=3, mask="sliding_window",
+             window=2, post_ln=True),
+    ],
+    ids=["default", "rope-mqa-full-prefix-remat_full-chunked", "remat_dots-untied-sinusoidal-sliding-post_ln"],
+)
+def test_scan_layers_equals_unrolled(overrides):
+  overrides = dict(overrides)
+  remat_policy = overrides.pop("remat_policy", "none")  # only scanned layers take one
+  unrolled = tiny_config(**overrides)
+  scanned = dataclasses.replace(unrolled, scan_layers=True, remat_policy=remat_policy)
+  params = random_params(unrolled, seed=1)
+  scanned_params = to_scanned(params, unrolled.num_layers)
+  # The conversion gives exactly the scanned model's own layout.
+  assert _shapes(scanned_params) == _shapes(param_shapes(scanned))
+  tokens = random_tokens(2, unrolled)
+  expected = forward(unrolled)(params, tokens)
+  got = forward(scanned)(scanned_params, tokens)
+  assert np.abs(np.asarray(expected)).max() > 0.1
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_scan_layers_gradients_equal_unrolled_with_remat():
+  unrolled = tiny_config(num_kv_heads=1)
+  scanned = dataclasses.replace(unrolled, scan_layers=True, remat_policy="dots_no_batch")
+  params = random_params(unrolled, seed=3)
+  tokens = random_tokens(4, unrolled)
+
+  def loss(c):
+    return lambda params: jnp.mean(jax.nn.log_softmax(TransformerLM(c).apply({"params": params}, tokens))[..., 0])
+
+  expected = to_scanned(jax.jit(jax.grad(loss(unrolled)))(params), unrolled.num_layers)
+  got = jax.jit(jax.grad(loss(scanned)))(to_scanned(params, unrolled.num_layers))
+  jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6), got, expected)
+  assert np.abs(np.asarray(got["blocks"]["block"]["attention"]["query"])).max() > 1e-4
+
+
+def test_residual_stream_is_sown_per_block():
+  c = tiny_config()
+  params = random_params(c)
+  tokens = random_tokens(5, c)
+  logits, state = TransformerLM(c).apply({"params": params}, tokens, mutable=["intermediates"])
+  assert set(state["intermediates"]) == {"block_0", "block_1"}
+  residual = state["intermediates"]["block_1"]["residual"][0]
+  assert residual.shape == (BATCH, LENGTH, c.d_model)
+  # The last residual, normalized and unembedded with the tied embedding, gives the logits.
+  normalized = LayerNorm(c).apply({"params": params["final_norm"]}, residual)
+  np.testing.assert_allclose(normalized @ params["embed"]["embedding"].T, logits, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# jit == eager, bfloat16
+
+
+def test_jit_equals_eager():
+  c = tiny_config(positions="rope", num_kv_heads=1, mask="prefix", prefix_length=2)
+  params = random_params(c, seed=6)
+  tokens = random_tokens(7, c)
+  eager = TransformerLM(c).apply({"params": params}, tokens)
+  jitted = forward(c)(params, tokens)
+  assert eager.dtype == jitted.dtype == jnp.float32
+  assert eager.shape == (BATCH, LENGTH, c.vocab_size)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_runs_and_stays_close():
+  c32 = tiny_config(num_kv_heads=1, positions="rope")
+  c16 = dataclasses.replace(c32, dtype="bfloat16")
+  params = random_params(c32, seed=8)
+  tokens = random_tokens(9, c32)
+
+  def loss_and_logits(c):
+    def fn(params):
+      logits = TransformerLM(c).apply({"params": params}, tokens)
+      return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[..., 0]), logits
+    return jax.jit(jax.value_and_grad(fn, has_aux=True))
+
+  (loss32, logits32), grads32 = loss_and_logits(c32)(params)
+  (loss16, logits16), grads16 = loss_and_logits(c16)(params)
+  # Parameters stay float32 and logits come back in float32.
+  assert logits16.dtype == jnp.float32
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))
+  assert np.all(np.isfinite(np.asarray(logits16)))
+  relative = np.linalg.norm(np.asarray(logits16 - logits32)) / np.linalg.norm(np.asarray(logits32))
+  assert relative < 3e-2, relative
+  assert not np.array_equal(np.asarray(logits16), np.asarray(logits32))  # it did compute in bfloat16
+  np.testing.assert_allclose(loss16, loss32, rtol=3e-2)
+  flat16, flat32 = jax.tree.leaves(grads16), jax.tree.leaves(grads32)
+  cosine = sum(float(jnp.vdot(a, b)) for a, b in zip(flat16, flat32)) / (
+      np.sqrt(sum(float(jnp.vdot(a, a)) for a in flat16)) * np.sqrt(sum(float(jnp.vdot(b, b)) for b in flat32)))
+  assert cosine > 0.99, cosine
+  # The chunked kernel in bfloat16 too (its backward pass in bfloat16 is tested in test_kernels.py).
+  chunked16 = forward(dataclasses.replace(c16, attention_impl="chunked"))(params, tokens)
+  relative = np.linalg.norm(np.asarray(chunked16 - logits32)) / np.linalg.norm(np.asarray(logits32))
+  assert relative < 3e-2, relative
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout
+
+
+def test_dropout_only_with_deterministic_false_and_the_dropout_rng():
+  c = tiny_config(dropout_rate=0.3, attention_dropout_rate=0.3)
+  params = random_params(c, seed=10)
+  tokens = random_tokens(11, c)
+
+  @jax.jit
+  def run(params, rng):
+    return TransformerLM(c).apply({"params": params}, tokens, deterministic=False, rngs={"dropout": rng})
+
+  plain = forward(c)(params, tokens)
+  # deterministic=True (the default) ignores the rates, with or without an RNG.
+  with_rng = TransformerLM(c).apply({"params": params}, tokens, rngs={"dropout": jax.random.key(0)})
+  np.testing.assert_allclose(with_rng, plain, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(plain, forward(tiny_config())(params, tokens), rtol=1e-6, atol=1e-6)
+  a, b, other = run(params, jax.random.key(1)), run(params, jax.random.key(1)), run(params, jax.random.key(2))
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(np.asarray(a - plain)).max() > 1e-2
+  assert np.abs(np.asarray(a - other)).max() > 1e-2
+  with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
+    TransformerLM(c).apply({"params": params}, tokens, deterministic=False)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_every_dropout_call_draws_its_own_mask(scan_layers):
+  # Embeddings, then each layer's attention and MLP branches: 5 masks, all different; under nn.scan too,
+  # where the layers must not share the 'dropout' RNG.
+  c = tiny_config(dropout_rate=0.5, scan_layers=scan_layers)
+  params = random_params(tiny_config(), seed=19)
+  if scan_layers:
+    params = to_scanned(params, c.num_layers)
+  tokens = random_tokens(20, c)
+  masks = []
+
+  def record_mask(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Dropout):
+      jax.debug.callback(lambda kept: masks.append(np.asarray(kept)), out != 0)
+    return out
+
+  @jax.jit
+  def run(params):
+    with nn.intercept_methods(record_mask):
+      return TransformerLM(c).apply({"params": params}, tokens, deterministic=False,
+                                    rngs={"dropout": jax.random.key(4)})
+
+  run(params).block_until_ready()
+  jax.effects_barrier()
+  assert len(masks) == 1 + 2 * c.num_layers
+  assert len({mask.tobytes() for mask in masks}) == len(masks)
+  assert all(0.3 < mask.mean() < 0.7 for mask in masks)
+
+
+@pytest.mark.parametrize("field", ["dropout_rate", "attention_dropout_rate"])
+def test_each_dropout_rate_acts_alone(field):
+  c = tiny_config(**{field: 0.5})
+  params = random_params(c, seed=12)
+  tokens = random_tokens(13, c)
+  plain = TransformerLM(c).apply({"params": params}, tokens)
+  dropped = TransformerLM(c).apply({"params": params}, tokens, deterministic=False,
+                                   rngs={"dropout": jax.random.key(3)})
+  assert np.abs(np.asarray(dropped - plain)).max() > 1e-2
+
+
+def test_zero_rates_need_no_rng_even_when_not_deterministic():
+  c = tiny_config()
+  params = random_params(c, seed=14)
+  tokens = random_tokens(15, c)
+  np.testing.assert_array_equal(TransformerLM(c).apply({"params": params}, tokens, deterministic=False),
+                                TransformerLM(c).apply({"params": params}, tokens))
+
+
+# ----------------------------------------------------------------------------------------------
+# Packed sequences
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_packed_sequences_equal_separate_sequences(impl):
+  # Two sequences packed in one row (segment ids, positions restarting) give the logits each gets alone.
+  # (attention_impl "auto" with segments is tested in test_attention.py.)
+  c = tiny_config(attention_impl=impl, mask="prefix", prefix_length=2, num_kv_heads=1)
+  params = random_params(c, seed=16)
+  separate = random_tokens(17, c, 2, 4)
+  packed = separate.reshape(1, 8)
+  positions = jnp.array([[0, 1, 2, 3, 0, 1, 2, 3]])
+  segments = jnp.array([[0, 0, 0, 0, 1, 1, 1, 1]])
+  model = TransformerLM(c)
+
+  @jax.jit
+  def run(params):
+    return model.apply({"params": params}, packed, positions, segments), model.apply({"params": params}, separate)
+
+  got, expected = run(params)
+  np.testing.assert_allclose(got.reshape(2, 4, -1), expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters
+
+
+def test_parameter_tree():
+  tied = param_shapes(tiny_config())
+  assert set(tied) == {"embed", "position_embedding", "block_0", "block_1", "final_norm"}
+  assert set(tied["block_0"]) == {"attention", "attention_norm", "mlp", "mlp_norm"}
+  assert tied["position_embedding"].shape == (8, 8)
+  assert tied["block_0"]["mlp"]["up"].shape == (8, 32)
+  untied = param_shapes(tiny_config(tie_embeddings=False, post_ln=True, positions="rope", use_bias=False))
+  assert set(untied) == {"embed", "unembed", "block_0", "block_1"}  # post-LN: no final norm
+  assert untied["unembed"].shape == (8, 11)
+  assert set(untied["block_0"]["mlp"]) == {"up", "down"}
+  assert set(untied["block_0"]["attention_norm"]) == {"scale"}
+  scanned = param_shapes(tiny_config(scan_layers=True, num_layers=3))
+  assert scanned["blocks"]["block"]["attention"]["query"].shape == (3, 8, 2, 4)
+
+
+def test_init_scales_and_independent_scanned_layers():
+  c = tiny_config(d_model=32, num_heads=2, num_layers=2, scan_layers=True, init_std=0.05)
+  variables = jax.jit(TransformerLM(c).init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  params = nn.unbox(variables["params"])
+  block = params["blocks"]["block"]
+  query, value_up = block["attention"]["query"], block["attention"]["value_up"]  # [N,D,H,K], [N,H,R,D]
+  assert not np.allclose(query[0], query[1])  # each scanned layer has its own initialization
+  np.testing.assert_allclose(np.std(query), 0.05, rtol=0.15)
+  # GPT-2: maps that write into the residual stream start 1/sqrt(2N) smaller.
+  np.testing.assert_allclose(np.std(value_up), 0.05 / np.sqrt(2 * c.num_layers), rtol=0.15)
+  np.testing.assert_allclose(np.std(block["mlp"]["down"]), 0.05 / np.sqrt(2 * c.num_layers), rtol=0.15)
+  np.testing.assert_array_equal(block["attention"]["query_bias"], 0.0)
+  np.testing.assert_array_equal(block["attention_norm"]["scale"], 1.0)
+  # Logical axis names for sharding: the scanned layer axis comes first.
+  boxed = variables["params"]["blocks"]["block"]["attention"]["query"]
+  assert tuple(boxed.names) == ("layers", "embed", "heads", "head_dim")
+
+
+# ----------------------------------------------------------------------------------------------
+# ModelConfig
+
+
+def test_derived_sizes():
+  c = ModelConfig(vocab_size=10, max_len=16, d_model=64, num_heads=8)
+  assert (c.kv_heads, c.key_dim, c.value_dim, c.hidden_dim) == (8, 8, 8, 256)
+  assert c.scale == pytest.approx(1 / np.sqrt(8))
+  assert c.is_causal
+  c = dataclasses.replace(c, num_heads=4, num_kv_heads=2, value_rank=3, mlp_dim=10, score_scale="none", mask="none")
+  assert (c.kv_heads, c.key_dim, c.value_dim, c.hidden_dim, c.scale) == (2, 16, 3, 10, 1.0)
+  assert not c.is_causal
+  c = dataclasses.replace(c, value_mode="full", value_rank=None, head_dim=5, score_scale=0.25)
+  assert (c.key_dim, c.value_dim, c.scale) == (5, 64, 0.25)
+  assert ModelConfig(vocab_size=10, max_len=16, score_scale="0.125").scale == 0.125
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(max_len=-1), "max_len"),
+        (dict(num_layers=0), "num_layers"),
+        (dict(d_model=2.5), "d_model"),
+        (dict(num_heads=True), "num_heads"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(num_kv_heads=0), "num_kv_heads"),
+        (dict(head_dim=-4), "head_dim"),
+        (dict(value_rank=0), "value_rank"),
+        (dict(mlp_dim=0), "mlp_dim"),
+        (dict(num_heads=3), "num_heads"),  # 128 is not a multiple of 3
+        (dict(num_kv_heads=3), "num_kv_heads"),  # does not divide 4
+        (dict(num_kv_heads=8), "num_kv_heads"),  # more kv heads than heads
+        (dict(mask="bidirectional"), "mask"),
+        (dict(value_mode="low_rank"), "value_mode"),
+        (dict(positions="alibi"), "positions"),
+        (dict(attention_impl="flash"), "attention_impl"),
+        (dict(dtype="float16"), "dtype"),
+        (dict(remat_policy="everything", scan_layers=True), "remat_policy"),
+        (dict(remat_policy="full"), "remat_policy"),  # needs scan_layers
+        (dict(value_mode="full", value_rank=4), "value_rank"),
+        (dict(mask="sliding_window"), "window"),  # window 0
+        (dict(mask="sliding_window", window=-1), "window"),
+        (dict(window=3), "window"),  # only for sliding_window
+        (dict(mask="prefix"), "prefix_length"),  # prefix_length 0
+        (dict(mask="prefix", prefix_length=65), "prefix_length"),  # > max_len
+        (dict(prefix_length=2), "prefix_length"),  # only for prefix
+        (dict(score_scale="sqrt"), "score_scale"),
+        (dict(score_scale=0.0), "score_scale"),
+        (dict(score_scale=-1.0), "score_scale"),
+        (dict(score_scale=float("inf")), "score_scale"),
+        (dict(positions="rope", head_dim=5), "head_dim"),  # rope rotates pairs
+        (dict(dropout_rate=1.0), "dropout_rate"),
+        (dict(dropout_rate=-0.1), "dropout_rate"),
+        (dict(attention_dropout_rate=1.5), "attention_dropout_rate"),
+        (dict(layer_norm_epsilon=0.0), "layer_norm_epsilon"),
+        (dict(init_std=-1.0), "init_std"),
+        (dict(rope_base=1.0), "rope_base"),
+    ],
+)
+def test_invalid_config_raises_naming_the_field(overrides, field):
+  fields = dict(vocab_size=10, max_len=64)
+  fields.update(overrides)
+  # The message starts "model.<field>=" (one check names three fields: "model.a/b/c=").
+  with pytest.raises(ValueError, match=rf"^model\.([a-z_]+/)*{field}(/[a-z_]+)*="):
+    ModelConfig(**fields)
+
+
+def test_valid_edge_configs():
+  ModelConfig(vocab_size=1, max_len=1, num_layers=1, d_model=1, num_heads=1)
+  ModelConfig(vocab_size=10, max_len=8, mask="prefix", prefix_length=8)
+  ModelConfig(vocab_size=10, max_len=8, num_heads=4, num_kv_heads=1, positions="rope")
+  ModelConfig(vocab_size=10, max_len=8, d_model=10, num_heads=3, head_dim=4)  # head_dim set: D % H is free
+
+
+def test_model_config_from_mapping_and_config_dict():
+  section = {"vocab_size": 10, "max_len": 16, "num_heads": 2, "num_kv_heads": None}
+  assert model_config_from(section) == ModelConfig(vocab_size=10, max_len=16, num_heads=2)
+  cd = config_dict.ConfigDict({"vocab_size": 10, "max_len": 16, "mask": "sliding_window", "window": 4})
+  cd.num_kv_heads = config_dict.placeholder(int)
+  assert model_config_from(cd) == ModelConfig(vocab_size=10, max_len=16, mask="sliding_window", window=4)
+
+
+def test_model_config_from_rejects_unknown_and_missing_keys():
+  with pytest.raises(ValueError, match=r"model\.num_head is not a model setting"):
+    model_config_from({"vocab_size": 10, "max_len": 16, "num_head": 2})
+  with pytest.raises(ValueError, match=r"model\.vocab_size is required"):
+    model_config_from({"max_len": 16})
+  with pytest.raises(ValueError, match=r"model\.max_len is required"):
+    model_config_from({"vocab_size": 3, "max_len": None})
+  with pytest.raises(ValueError, match=r"model\.mask="):
+    model_config_from({"vocab_size": 3, "max_len": 4, "mask": "diagonal"})
