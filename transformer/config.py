@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 MASKS = ("causal", "none", "sliding_window", "prefix")
-# Masks under which a token never sees a later one, so that decoding token by token is exact.
+# Masks that decoding supports: no token after the prefix sees a later one, so decoding token by token is
+# exact once the prefill covers the prefix (prefix_length tokens for mask "prefix").
 CAUSAL_MASKS = ("causal", "sliding_window", "prefix")
 VALUE_MODES = ("factored", "full")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
