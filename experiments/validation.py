@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import flax.linen as nn
 import jax
 from ml_collections import ConfigDict
 
@@ -147,8 +148,6 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
 
 def _sharding_errors(model: ModelConfig, mesh_shape: dict[str, int], rules: dict) -> list[str]:
   """Parameter axes whose size the mesh axes they are mapped to do not divide."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-
   abstract = jax.eval_shape(lambda: TransformerLM(model).init(jax.random.key(0), jax.numpy.zeros((1, 1), int)))
   errors = {}
   for boxed in jax.tree.leaves(abstract["params"], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)):
