@@ -52,14 +52,22 @@ def _check_recall(f, c: tasks.RecallConfig) -> None:
 
 def _check_induction(f, c: tasks.TaskConfig) -> None:
   """Second copy equals the first; weights mark the second copy after its first token."""
-  half = (c.seq_len + 1) // 2
-  stream = _stream(f)
-  np.testing.assert_array_equal(stream[:, half : 2 * half], stream[:, :half])
-  assert all(len(set(row)) == half for row in stream[:, :half].tolist())
-  assert np.all(stream[:, 2 * half :] == 0) and np.all(stream[:, :half] > 0)
-  expected = np.zeros(c.seq_len, np.float32)
-  expected[half : 2 * half - 1] = 1  # input positions whose target is stream[half+1 : 2*half]
-  np.testing.assert_array_equal(f["weights"], np.broadcast_to(expected, f["weights"].shape))
+  longest = (c.seq_len + 1) // 2
+  for stream, weights in zip(_stream(f), f["weights"]):
+    n = np.count_nonzero(stream) // 2  # two copies of n non-zero tokens, then padding
+    assert max(2, (c.seq_len + 1) // 4) <= n <= longest
+    np.testing.assert_array_equal(stream[n : 2 * n], stream[:n])
+    assert len(set(stream[:n].tolist())) == n and np.all(stream[2 * n :] == 0)
+    expected = np.zeros(c.seq_len, np.float32)
+    expected[n : 2 * n - 1] = 1  # input positions whose target is stream[n+1 : 2n]
+    np.testing.assert_array_equal(weights, expected)
+
+
+def test_induction_offsets_vary():
+  """A fixed offset would let a head attending a fixed distance back solve induction."""
+  config = tasks.make_config("induction", **TINY)
+  f = tasks.generate("induction", config, "train")
+  assert len(set(np.count_nonzero(_stream(f), axis=1).tolist())) > 1
 
 
 def _check_copy(f, c: tasks.TaskConfig, reverse: bool) -> None:

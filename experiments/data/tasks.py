@@ -18,14 +18,19 @@ Token layout (V = `vocab_size`; token 0 is padding and separator in every task):
       i.e. the target is the value to recall. Unlike Zoology, the value follows its query in
       the inputs (targets are the inputs shifted), so queries are drawn with replacement:
       with distinct queries a model scores H_P / P (0.34 for P = 8) by naming a value not yet
-      answered, without recalling anything, and small models sat on exactly that plateau.
-  induction  n = (T+1)//2 distinct tokens from [1, V), then the same n tokens again, then 0
-      padding. Weights are 1 on the second copy except its first token: those targets are
-      predictable only by finding the current token in the first copy and copying its
-      successor (an induction head); the first token of the repeat is not.
+      answered, without recalling anything (small models stalled exactly there).
+  induction  n distinct tokens from [1, V), then the same n tokens again, then 0 padding,
+      with n drawn per example from [max(2, (T+1)//4), (T+1)//2]. Weights are 1 on the second
+      copy except its first token: those targets are predictable by finding the current
+      token in the first copy and copying its successor (an induction head); the first token
+      of the repeat is not. n varies so that the copy's offset does too: with a fixed offset
+      a head attending a fixed distance back would solve the task without induction.
   copy / reverse  n = T//2 tokens from [1, V) (with replacement), the separator 0, then the
       same tokens copied or reversed, then 0 padding. Weights are 1 on the n answer tokens
       (the separator predicts the first one).
+
+Default sizes (`TaskConfig`, `RecallConfig`): V = 64, T = 64, 20,000 train and 1,000 validation
+examples, and for MQAR P = 8 pairs and Q = 8 queries; a task prepares in about 2 s.
 
 Generation is vectorized numpy seeded by `np.random.default_rng([seed, split_index])`, so it is
 deterministic, and `train` and `validation` come from independent streams (examples are not
@@ -38,10 +43,11 @@ Preparing without tensorflow: TFDS 4.9.10 `download_and_prepare(file_format="arr
 works for a `GeneratorBasedBuilder` with tensorflow absent. It serializes examples with TFDS's
 own copy of the `tf.train.Example` protos (no tensorflow), writes them with array_record into
 `incomplete.*` and renames that directory into place; `builder.as_data_source()` reads and
-decodes with numpy. Three TFDS defaults would get in the way and are avoided here:
-`dataset_info_from_configs` reads metadata files next to the module, so `_info` builds
-`tfds.core.DatasetInfo` directly; `code_path` needs the `importlib_resources` backport, so it is
-set (see `_TaskBuilder`); and `data_dir` defaults to ~/tensorflow_datasets, so `prepare`
+decodes with numpy. Four TFDS defaults would get in the way and are avoided here:
+`dataset_info_from_configs` reads metadata files next to the module, so `_info` builds a
+`DatasetInfo` directly; `code_path` needs the `importlib_resources` backport, so it is set (see
+`_TaskBuilder`); `DatasetInfo.initialize_from_bucket` leaks a temporary directory, so it is a
+no-op (see `_LocalDatasetInfo`); and `data_dir` defaults to ~/tensorflow_datasets, so `prepare`
 requires it.
 """
 
@@ -186,14 +192,20 @@ def associative_recall(rng: np.random.Generator, n: int, c: RecallConfig):
 
 
 def induction(rng: np.random.Generator, n: int, c: TaskConfig):
-  """Returns induction streams [n, T+1] int32 and answer masks [n, T+1] bool."""
-  half = (c.seq_len + 1) // 2
-  first = 1 + _distinct(rng, n, half, c.vocab_size - 1)
-  stream = np.zeros((n, c.seq_len + 1), np.int32)
-  stream[:, :half] = first
-  stream[:, half : 2 * half] = first
-  answer = np.zeros((n, c.seq_len + 1), bool)
-  answer[:, half + 1 : 2 * half] = True
+  """Returns induction streams [n, T+1] int32 and answer masks [n, T+1] bool.
+
+  Array suffixes: B examples (n), H the longest copy, S the stream (T+1).
+  """
+  H = (c.seq_len + 1) // 2
+  first_BH = 1 + _distinct(rng, n, H, c.vocab_size - 1)
+  length_B1 = rng.integers(max(2, (c.seq_len + 1) // 4), H + 1, (n, 1))
+  position_S = np.arange(c.seq_len + 1)
+  in_first_BS = position_S < length_B1
+  in_second_BS = ~in_first_BS & (position_S < 2 * length_B1)
+  source_BS = np.where(in_first_BS, position_S, position_S - length_B1)
+  tokens_BS = np.take_along_axis(first_BH, np.clip(source_BS, 0, H - 1), axis=1)
+  stream = np.where(in_first_BS | in_second_BS, tokens_BS, 0).astype(np.int32)
+  answer = in_second_BS & (position_S > length_B1)
   return stream, answer
 
 
@@ -219,11 +231,23 @@ def reverse(rng: np.random.Generator, n: int, c: TaskConfig):
   return _copy_or_reverse(rng, n, c, reverse=True)
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """DatasetInfo that never looks for precomputed info on GCS."""
+
+  def initialize_from_bucket(self) -> None:
+    # TFDS 4.9.10 creates a temporary directory here before finding GCS disabled and never
+    # removes it: one empty /tmp/tmp*tfds per unprepared builder. These data are never on GCS.
+    pass
+
+
 class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared TFDS plumbing; subclasses set the config class, checks and generator."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "MQAR queries drawn with replacement; induction copy length varies per example.",
+  }
   CONFIG_CLASS: type[TaskConfig] = TaskConfig
   # TFDS 4.9.10 derives `code_path` with `importlib_resources`, a backport it declares only for
   # Python < 3.9 (tensorflow/datasets#11212), so builders defined in a package fail without it.
@@ -235,7 +259,7 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     T = self.builder_config.seq_len
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self,
         description=self.__doc__,
         features=tfds.features.FeaturesDict({
@@ -314,6 +338,7 @@ TASKS: dict[str, type[_TaskBuilder]] = {
 
 
 def _builder_class(task: str) -> type[_TaskBuilder]:
+  """Returns the builder class of a task name, or raises a one-line ValueError."""
   if task not in TASKS:
     raise ValueError(f"task={task!r}: unknown; expected one of {sorted(TASKS)}")
   return TASKS[task]
