@@ -48,7 +48,7 @@ def get_config() -> config_dict.ConfigDict:
   d.vocab_size = 64  # tokens of the task
   d.seq_len = 64  # tokens per example
   d.num_pairs = 8  # associative_recall: key-value pairs per example
-  d.num_queries = 8  # associative_recall: queried keys per example
+  d.num_queries = 8  # associative_recall: distinct keys queried per example (at most num_pairs)
   d.num_train = 20_000  # examples in the train split
   d.num_validation = 1_000  # examples in the validation split
   d.seed = 0  # seed of the generated data (not of its order, which follows train.seed)

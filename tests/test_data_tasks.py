@@ -13,24 +13,29 @@ TINY_RECALL = dict(TINY, num_pairs=3, num_queries=2)
 
 
 def _stream(f: dict[str, np.ndarray]) -> np.ndarray:
-  """The [N, T+1] token stream that inputs and targets are the shifted views of."""
-  return np.concatenate([f["inputs"], f["targets"][:, -1:]], axis=1)
+  """The [N, T+1] token stream that targets are the shifted view of."""
+  return np.concatenate([f["inputs"][:, :1], f["targets"]], axis=1)
 
 
-def _check_features(f: dict[str, np.ndarray], config: tasks.TaskConfig) -> None:
-  """Dtypes, shapes, vocabulary range, binary weights, and targets = inputs shifted by one."""
+def _check_features(f: dict[str, np.ndarray], config: tasks.TaskConfig, hides_answers: bool) -> None:
+  """Dtypes, shapes, vocabulary range, binary weights, and targets = inputs shifted by one.
+
+  Where a task hides its answers, an input that is the previous position's answer is 0 instead.
+  """
   T = config.seq_len
   assert f["inputs"].dtype == np.int32 and f["targets"].dtype == np.int32
   assert f["weights"].dtype == np.float32
   for v in f.values():
     assert v.shape == (len(f["inputs"]), T)
-  np.testing.assert_array_equal(f["targets"][:, :-1], f["inputs"][:, 1:])
+  answered = f["weights"][:, :-1] > 0
+  shown = np.where(answered, 0, f["targets"][:, :-1]) if hides_answers else f["targets"][:, :-1]
+  np.testing.assert_array_equal(shown, f["inputs"][:, 1:])
   assert f["inputs"].min() >= 0 and f["targets"].max() < config.vocab_size
   assert set(np.unique(f["weights"])) <= {0.0, 1.0}
 
 
 def _check_recall(f, c: tasks.RecallConfig) -> None:
-  """Weights mark exactly the query keys of the query region; their targets are the values."""
+  """Weights mark exactly the distinct query keys of the query region; their targets are the values."""
   P, Q = c.num_pairs, c.num_queries
   num_keys = (c.vocab_size - 1) // 2
   for inputs, targets, weights in zip(f["inputs"], f["targets"], f["weights"]):
@@ -42,12 +47,11 @@ def _check_recall(f, c: tasks.RecallConfig) -> None:
     query_region = np.arange(c.seq_len) >= 2 * P
     is_query = query_region & np.isin(inputs, keys)
     np.testing.assert_array_equal(weights, is_query.astype(np.float32))
-    assert weights.sum() == Q
+    assert weights.sum() == Q and len(set(inputs[is_query].tolist())) == Q
     for i in np.flatnonzero(is_query):
       assert targets[i] == value_of[inputs[i]]
-    # Everything else in the query region is padding 0 or a value that follows its key.
-    others = query_region & ~is_query
-    assert np.all((inputs[others] == 0) | np.isin(inputs[others], values))
+    # Everything else in the query region is 0: padding, or an answer hidden from the inputs.
+    assert np.all(inputs[query_region & ~is_query] == 0)
 
 
 def _check_induction(f, c: tasks.TaskConfig) -> None:
@@ -90,6 +94,9 @@ CHECKS = {
 }
 
 
+HIDES_ANSWERS = {"associative_recall": True, "induction": False, "copy": False, "reverse": False}
+
+
 def _tiny(task: str) -> dict[str, int]:
   return TINY_RECALL if task == "associative_recall" else TINY
 
@@ -100,7 +107,7 @@ def test_layout_of_each_task(task, split):
   config = tasks.make_config(task, **_tiny(task))
   f = tasks.generate(task, config, split)
   assert len(f["inputs"]) == (12 if split == "train" else 5)
-  _check_features(f, config)
+  _check_features(f, config, HIDES_ANSWERS[task])
   CHECKS[task](f, config)
 
 
@@ -110,7 +117,7 @@ def test_layout_with_a_large_vocabulary(task):
   sizes = dict(vocab_size=1000, seq_len=40, num_train=20)
   config = tasks.make_config(task, **sizes, **(dict(num_pairs=8) if task != "induction" else {}))
   f = tasks.generate(task, config, "train")
-  _check_features(f, config)
+  _check_features(f, config, HIDES_ANSWERS[task])
   CHECKS[task](f, config)
 
 
@@ -136,7 +143,7 @@ def _sizes(draw):
       sizes.update(vocab_size=max(vocab_size, 3), seq_len=max(seq_len, 3))
       max_pairs = 1
     num_pairs = draw(st.integers(1, max_pairs))
-    max_queries = (sizes["seq_len"] + 1) // 2 - num_pairs
+    max_queries = min(num_pairs, (sizes["seq_len"] + 1) // 2 - num_pairs)
     sizes.update(num_pairs=num_pairs, num_queries=draw(st.integers(1, max_queries)))
   elif task == "induction":
     sizes["seq_len"] = max(seq_len, 3)
@@ -150,7 +157,7 @@ def test_layout_property(task_and_sizes):
   task, sizes = task_and_sizes
   config = tasks.make_config(task, **sizes)
   f = tasks.generate(task, config, "train")
-  _check_features(f, config)
+  _check_features(f, config, HIDES_ANSWERS[task])
   CHECKS[task](f, config)
   assert f["weights"].sum(1).min() >= 1  # every example has something to predict
 
@@ -172,6 +179,7 @@ def test_generation_is_deterministic_and_splits_differ(task):
     [
         ("associative_recall", dict(vocab_size=16, num_pairs=8), "num_pairs"),
         ("associative_recall", dict(num_queries=0), "num_queries"),
+        ("associative_recall", dict(num_pairs=4, num_queries=5), "num_queries"),
         ("associative_recall", dict(seq_len=20, num_pairs=8, num_queries=4), "seq_len"),
         ("associative_recall", dict(num_pairs=0), "num_pairs"),
         ("induction", dict(vocab_size=16, seq_len=64), "vocab_size"),

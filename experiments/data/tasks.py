@@ -3,7 +3,7 @@
 Every task writes a stream of `seq_len + 1` tokens per example and stores it as next-token
 pairs, all with shape [T] where T = `seq_len`:
 
-  inputs   int32    stream[:-1]
+  inputs   int32    stream[:-1] (in associative recall, with the answers replaced by 0)
   targets  int32    stream[1:]
   weights  float32  1.0 exactly where `targets` is an answer the loss and task accuracy count
 
@@ -13,12 +13,12 @@ Token layout (V = `vocab_size`; token 0 is padding and separator in every task):
       Keys are drawn from [1, 1 + (V-1)//2), values from the rest, [1 + (V-1)//2, V); both
       without replacement, so every key and value appears once in the context. The stream is
       `k1 v1 k2 v2 ... kP vP`, followed by a query region of zeros in which `num_queries`
-      keys of the context are placed at random non-overlapping positions, each followed by
-      its value: `... 0 0 k3 v3 0 k1 v1 0 ...`. Weights are 1 where the input is a query key,
-      i.e. the target is the value to recall. Unlike Zoology, the value follows its query in
-      the inputs (targets are the inputs shifted), so queries are drawn with replacement:
-      with distinct queries a model scores H_P / P (0.34 for P = 8) by naming a value not yet
-      answered, without recalling anything (small models stalled exactly there).
+      distinct keys of the context are placed at random non-overlapping positions, each
+      followed by its value: `... 0 0 k3 v3 0 k1 v1 0 ...`. Weights are 1 where the input is a
+      query key, i.e. the target is the value to recall. As in Zoology, the answers are hidden
+      from the inputs (an answered value is 0 in `inputs`; `targets` keep it): were they
+      visible, a model would score H_Q / Q (0.34 for 8 queries) by naming a context value not
+      yet answered, without recalling anything, and small models stall exactly there.
   induction  n distinct tokens from [1, V), then the same n tokens again, then 0 padding,
       with n drawn per example from [max(2, (T+1)//4), (T+1)//2]. Weights are 1 on the second
       copy except its first token: those targets are predictable by finding the current
@@ -129,8 +129,11 @@ def _check_recall(c: RecallConfig) -> None:
         f"num_pairs={c.num_pairs}: exceeds the {num_keys} distinct keys of"
         f" vocab_size={c.vocab_size} (keys are 1..(vocab_size-1)//2)"
     )
-  if c.num_queries < 1:
-    raise ValueError(f"num_queries={c.num_queries}: must be positive")
+  if not 1 <= c.num_queries <= c.num_pairs:
+    raise ValueError(
+        f"num_queries={c.num_queries}: must be between 1 and num_pairs={c.num_pairs}"
+        " (each key is queried at most once)"
+    )
   if 2 * (c.num_pairs + c.num_queries) > c.seq_len + 1:
     raise ValueError(
         f"seq_len={c.seq_len}: too short for 2 * (num_pairs + num_queries) ="
@@ -182,7 +185,7 @@ def associative_recall(rng: np.random.Generator, n: int, c: RecallConfig):
   free = T + 1 - 2 * P - 2 * Q
   blocks_BQ = np.sort(_distinct(rng, n, Q, Q + free), axis=1)
   starts_BQ = 2 * P + blocks_BQ + np.arange(Q)
-  which_BQ = rng.integers(0, P, (n, Q))  # with replacement: see the module docstring
+  which_BQ = _distinct(rng, n, Q, P)
   rows = np.arange(n)[:, None]
   stream[rows, starts_BQ] = np.take_along_axis(keys_BP, which_BQ, axis=1)
   stream[rows, starts_BQ + 1] = np.take_along_axis(values_BP, which_BQ, axis=1)
@@ -243,10 +246,11 @@ class _LocalDatasetInfo(tfds.core.DatasetInfo):
 class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared TFDS plumbing; subclasses set the config class, checks and generator."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "MQAR queries drawn with replacement; induction copy length varies per example.",
+      "1.2.0": "MQAR as in Zoology: distinct queries, answers hidden from the inputs.",
   }
   CONFIG_CLASS: type[TaskConfig] = TaskConfig
   # TFDS 4.9.10 derives `code_path` with `importlib_resources`, a backport it declares only for
@@ -256,6 +260,8 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # Set by each task: raise ValueError for bad sizes; make (streams, answer masks) [n, T+1].
   check_sizes: Callable[[TaskConfig], None]
   make_streams: Callable[[np.random.Generator, int, TaskConfig], tuple[np.ndarray, np.ndarray]]
+  # True: answers are 0 in the inputs, so a model must recall them rather than read earlier ones.
+  hides_answers: bool = False
 
   def _info(self) -> tfds.core.DatasetInfo:
     T = self.builder_config.seq_len
@@ -283,8 +289,9 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     n = config.num_train if split == "train" else config.num_validation
     rng = np.random.default_rng([config.seed, _SPLITS.index(split)])
     stream, answer = cls.make_streams(rng, n, config)
+    inputs = np.where(answer[:, :-1], 0, stream[:, :-1]) if cls.hides_answers else stream[:, :-1]
     return {
-        "inputs": stream[:, :-1],
+        "inputs": inputs,
         "targets": stream[:, 1:],
         "weights": answer[:, 1:].astype(np.float32),
     }
@@ -302,6 +309,7 @@ class AttnAssociativeRecall(_TaskBuilder):
   BUILDER_CONFIGS = [RecallConfig.from_sizes()]
   check_sizes = staticmethod(_check_recall)
   make_streams = staticmethod(associative_recall)
+  hides_answers = True
 
 
 class AttnInduction(_TaskBuilder):
