@@ -28,15 +28,6 @@ from experiments import checkpoint
 from experiments.data import tokenizers
 from transformer import TransformerLM, decode_step, init_cache
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
-_PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue (token ids for runs on built-in tasks).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 300, "Tokens to generate.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 picks the most likely token.")
-_TOP_K = flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens only (0: all).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed: the same seed gives the same text.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples to draw, with seeds seed, seed+1, ...")
-
 
 @functools.partial(jax.jit, static_argnames=("temperature", "top_k"))
 def sample_token(logits_V: jax.Array, key: jax.Array, temperature: float, top_k: int) -> jax.Array:
@@ -134,36 +125,49 @@ def stream_text(tokenizer: tokenizers.Tokenizer, token_ids: Iterator[int], write
   return text
 
 
+def _define_flags() -> None:
+  """The command's flags, defined only when it runs: importing this module (tests do) defines none."""
+  flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
+  flags.DEFINE_string("prompt", "\n", "Text to continue (token ids for runs on built-in tasks).")
+  flags.DEFINE_integer("max_new_tokens", 300, "Tokens to generate.")
+  flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 picks the most likely token.")
+  flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens only (0: all).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed: the same seed gives the same text.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_integer("num_samples", 1, "Samples to draw, with seeds seed, seed+1, ...")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _MAX_NEW.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0 or _NUM_SAMPLES.value < 1:
+  f = flags.FLAGS
+  if f.max_new_tokens < 1 or f.temperature < 0 or f.top_k < 0 or f.num_samples < 1:
     raise app.UsageError("--max_new_tokens and --num_samples must be >= 1, --temperature and --top_k >= 0")
   logging.getLogger("absl").setLevel(logging.WARNING)
   try:
-    tokenizer = tokenizers.load_from_workdir(_WORKDIR.value)
-    model, params, step = checkpoint.load_model(_WORKDIR.value, _STEP.value)
-    prompt_ids = tokenizer.encode(_PROMPT.value)
+    tokenizer = tokenizers.load_from_workdir(f.workdir)
+    model, params, step = checkpoint.load_model(f.workdir, f.step)
+    prompt_ids = tokenizer.encode(f.prompt)
     if len(prompt_ids) == 0:
       raise ValueError("prompt: encodes to no token; give some text")
   except (FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  print(f"# {_WORKDIR.value} step {step}, seed {_SEED.value}", file=sys.stderr)
+  print(f"# {f.workdir} step {step}, seed {f.seed}", file=sys.stderr)
 
   def write(piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()
 
-  for index in range(_NUM_SAMPLES.value):
+  for index in range(f.num_samples):
     if index:
       write("\n" + "-" * 40 + "\n")
-    write(_PROMPT.value)
-    stream_text(tokenizer, generate(model, params, prompt_ids, max_new_tokens=_MAX_NEW.value,
-                                    temperature=_TEMPERATURE.value, top_k=_TOP_K.value, seed=_SEED.value + index),
-                write)
+    write(f.prompt)
+    stream_text(tokenizer, generate(model, params, prompt_ids, max_new_tokens=f.max_new_tokens,
+                                    temperature=f.temperature, top_k=f.top_k, seed=f.seed + index), write)
   write("\n")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
