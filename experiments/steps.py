@@ -92,7 +92,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Transfo
   metrics = {
       "train/loss": sums["loss"] / total_weight,
       "train/accuracy": sums["correct"] / total_weight,
-      "train/grad_norm": optax.tree_utils.tree_l2_norm(grads),
+      "train/grad_norm": optax.tree_utils.tree_norm(grads),
       "train/learning_rate": schedule(state.step),
       "train/tokens": sums["weight"],
   }
