@@ -60,7 +60,13 @@ def run_attention(workdir: str, prompt: str, layers: str = "", heads: str = "", 
   weights_NHLM = np.asarray(probes.forward(model, params, ids[None])["weights_NBHLM"][:, 0])
   allowed_LM, labels = probes.allowed_matrix(model, len(ids)), list(tokenizer.token_strings(ids))
   figure = views.attention_figure(weights_NHLM, allowed_LM, labels, layer_list, head_list, title, note)
-  page = attention_html.page(weights_NHLM, allowed_LM, labels, layer_list, head_list, title, note)
+  shown = views.html_tokens(len(ids), len(layer_list) * len(head_list))
+  html_note = note
+  if shown < len(ids):
+    html_note = "; ".join(filter(None, [note, f"first {shown} of {len(ids)} tokens shown (choose fewer "
+                                              f"--layers and --heads to see more)"]))
+  page = attention_html.page(weights_NHLM[:, :, :shown, :shown], allowed_LM[:shown, :shown], labels[:shown],
+                             layer_list, head_list, title, html_note)
   png = _prepare_out(out or _default_out(workdir, "attention", step))
   html_path = png[:-len(".png")] + ".html"
   plots.save(figure, png)

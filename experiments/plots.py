@@ -17,7 +17,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from experiments.probes import SCORE_TITLES  # noqa: E402
 
-PANEL_INCHES = 3.2
+PANEL_INCHES = 3.2  # a panel of up to 24 tokens; longer sequences get bigger panels, up to 2.5 times
+FIGURE_MAX_INCHES = 40.0  # many panels shrink to fit: 4,000 pixels a side at the 100 dpi of `save`
 # Masked cells are not drawn by the colour map (transparent) and show a grey hatch beneath instead, so a
 # masked cell never looks like a weight of 0.
 MASKED_FACE, MASKED_HATCH = "0.85", "///"
@@ -46,7 +47,8 @@ def attention_grid(weights_NHLM: np.ndarray, allowed_LM: np.ndarray, tokens: lis
     weights_NHLM[layer, head] where allowed.
   """
   length = len(tokens)
-  side = PANEL_INCHES * max(1.0, length / 24)
+  side = PANEL_INCHES * min(max(1.0, length / 24), 2.5)
+  side = max(1.5, min(side, FIGURE_MAX_INCHES / max(len(layers), len(heads))))
   fig, axes = plt.subplots(len(layers), len(heads), figsize=(side * len(heads) + 1.2, side * len(layers) + 1.0),
                            squeeze=False, layout="constrained")
   cmap = plt.get_cmap("viridis").with_extremes(bad=(0, 0, 0, 0))

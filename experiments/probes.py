@@ -6,7 +6,7 @@ materializes, and sows, the pattern) with dropout off, whatever implementation t
 parameters are the same, so the pattern is the one the trained model computes.
 
 Letter key as in transformer/attention.py: B batch, L queries, M keys, H heads, N layers, D width;
-C contexts (prompts) in the context comparison, S scores.
+C contexts (prompts) in the context comparison.
 """
 
 from __future__ import annotations

@@ -11,8 +11,12 @@ import numpy as np
 
 from experiments import plots
 
-# Tokens drawn in a PNG panel: beyond this, labels become unreadable; the HTML page shows all (it scrolls).
+# Tokens drawn in a PNG panel: beyond this, labels become unreadable; the HTML page shows more (it scrolls).
 PNG_MAX_TOKENS = 64
+# The HTML page carries every weight it shows as text: at most this many cells (about 30 MB), and at most
+# HTML_MAX_TOKENS tokens (a table of 512 x 512 cells is already slow to draw).
+HTML_MAX_CELLS = 4_000_000
+HTML_MAX_TOKENS = 512
 
 
 def parse_indices(text: str, count: int, name: str) -> list[int]:
@@ -41,9 +45,14 @@ def encode(tokenizer: Any, prompt: str, max_len: int) -> tuple[np.ndarray, str]:
   return ids, ""
 
 
+def html_tokens(length: int, panels: int) -> int:
+  """How many first tokens of a sequence the HTML page shows for `panels` layer-head pairs."""
+  return max(1, min(length, HTML_MAX_TOKENS, int((HTML_MAX_CELLS / max(panels, 1)) ** 0.5)))
+
+
 def attention_figure(weights_NHLM: np.ndarray, allowed_LM: np.ndarray, labels: list[str], layers: list[int],
                     heads: list[int], title: str, note: str = "", png_max_tokens: int = PNG_MAX_TOKENS):
-  """The attention-pattern grid of one sequence (the HTML page, attention_html.page, shows all its tokens).
+  """The attention-pattern grid of one sequence, cut to its first png_max_tokens tokens with a note.
 
   Args:
     weights_NHLM: the sequence's attention, all layers and heads (probes.forward).
@@ -53,13 +62,13 @@ def attention_figure(weights_NHLM: np.ndarray, allowed_LM: np.ndarray, labels: l
     heads: the heads to show.
     title: heading of both views.
     note: a line under the heading.
-    png_max_tokens: the figure shows at most this many first tokens, and says so.
+    png_max_tokens: the figure shows at most this many first tokens (labels beyond are unreadable).
   """
   length = len(labels)
   shown = min(length, png_max_tokens)
   png_note = note
   if shown < length:
-    png_note = "; ".join(filter(None, [note, f"first {shown} of {length} tokens shown (all in the HTML page)"]))
+    png_note = "; ".join(filter(None, [note, f"first {shown} of {length} tokens shown"]))
   return plots.attention_grid(weights_NHLM[:, :, :shown, :shown], allowed_LM[:shown, :shown], labels[:shown],
                               layers, heads, title, png_note)
 

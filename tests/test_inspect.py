@@ -268,6 +268,21 @@ def test_probe_prompt_list():
     prompt_list(("1", 2))
 
 
+def test_png_cuts_long_sequences_with_a_note():
+  weights_NHLM = np.full((1, 1, 12, 12), 1 / 12)
+  figure = views.attention_figure(weights_NHLM, np.ones((12, 12), bool), list("abcdefghijkl"), [0], [0], "t",
+                                  png_max_tokens=5)
+  assert "first 5 of 12 tokens" in figure._suptitle.get_text()
+  assert panels(figure)[plots.panel_label(0, 0)].images[0].get_array().shape == (5, 5)
+
+
+def test_big_models_get_a_page_of_bounded_size():
+  assert views.html_tokens(20, 8) == 20
+  assert views.html_tokens(1024, 1) == views.HTML_MAX_TOKENS
+  shown = views.html_tokens(1024, 12 * 12)  # every head of GPT-2 small
+  assert 100 < shown and 12 * 12 * shown**2 <= views.HTML_MAX_CELLS
+
+
 def test_saved_config_records_the_probe_settings(trained):
   with open(os.path.join(trained, "config.json"), encoding="utf-8") as f:
     saved = json.load(f)
