@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -143,6 +144,23 @@ def test_context_similarity_is_one_for_identical_contexts(trained, tmp_path):
   assert "cos(0,1)" in result["table"] and os.path.exists(result["png"])
   with pytest.raises(ValueError, match="does not occur"):
     inspect.run_context(trained, token="5", prompts=[a, "1 2"], out=str(tmp_path / "c.png"))
+
+
+def test_text_prompts_with_a_character_tokenizer(trained, tmp_path):
+  """A word of several tokens is followed at its last one; token labels make whitespace visible."""
+  from experiments.data import tokenizers
+
+  workdir = tmp_path / "text_run"
+  shutil.copytree(trained, workdir)
+  tokenizers.CharTokenizer("abcdefghijklmnopqrstuvwxyz .").save(str(workdir / tokenizers.TOKENIZER_DIR))
+  digging, chemistry = "the mole dug a hole.", "a mole of carbon."
+  result = inspect.run_context(str(workdir), token="mole", prompts=[digging, chemistry, digging],
+                               out=str(tmp_path / "mole.png"))
+  assert result["positions"] == [digging.index("mole") + 3, chemistry.index("mole") + 3, digging.index("mole") + 3]
+  np.testing.assert_allclose(result["similarity_NCC"][:, 0, 2], 1.0, atol=1e-6)
+  result = inspect.run_attention(str(workdir), digging, out=str(tmp_path / "mole_attention.png"))
+  ax = panels(result["figure"])[plots.panel_label(0, 0)]
+  assert [t.get_text() for t in ax.get_yticklabels()][:5] == ["t", "h", "e", "␣", "m"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
