@@ -152,12 +152,15 @@ def repeated_tokens(vocab_size: int, period: int, batch: int, seed: int = 0) -> 
   return np.concatenate([block_BP, block_BP], axis=1).astype(np.int32)
 
 
+INDUCTION_BATCH = 16  # repeated random sequences behind each induction score (the CLI and the runner alike)
+
+
 def induction_period(model: TransformerLM) -> int:
   """The repeated block length used for a model: half its longest sequence, at most 32 tokens."""
   return max(2, min(model.config.max_len // 2, 32))
 
 
-def head_scores(model: TransformerLM, params: Any, tokens_BL: jax.Array, batch: int = 16,
+def head_scores(model: TransformerLM, params: Any, tokens_BL: jax.Array, batch: int = INDUCTION_BATCH,
                 seed: int = 0) -> dict[str, np.ndarray]:
   """Every score of every head: entropy, distance and previous-token on tokens_BL, induction on repeats.
 
@@ -175,6 +178,11 @@ def head_scores(model: TransformerLM, params: Any, tokens_BL: jax.Array, batch: 
   period = induction_period(model)
   repeats_BL = repeated_tokens(model.config.vocab_size, period, batch, seed)
   repeat_weights_NBHLM = forward(model, params, jnp.asarray(repeats_BL))["weights_NBHLM"]
+  return scores_of(weights_NBHLM, repeat_weights_NBHLM, period)
+
+
+def scores_of(weights_NBHLM: jax.Array, repeat_weights_NBHLM: jax.Array, period: int) -> dict[str, np.ndarray]:
+  """{score name: scores_NH} from the attention of some sequences and of repeated blocks of `period` tokens."""
   scores = {
       "entropy": entropy(weights_NBHLM),
       "distance": mean_distance(weights_NBHLM),

@@ -42,10 +42,10 @@ class TrainingProbes:
     Raises:
       ValueError: a prompt does not encode, or inspect.layers / inspect.heads name no layer or head of the model.
     """
-    c, section = model.config, config.inspect
+    c, section = model.config, config.get("inspect")
     self.model = model
     self.prompts = []  # (ids, labels, note) of each prompt
-    prompts = prompt_list(section.probe_prompts)
+    prompts = prompt_list(section.probe_prompts) if section is not None else []
     if not prompts:
       return
     self.layers = views.parse_indices(section.layers, c.num_layers, "inspect.layers")
@@ -58,7 +58,7 @@ class TrainingProbes:
         raise ValueError(f"inspect.probe_prompts[{i}]={prompt!r} cannot be used: {error}") from None
       self.prompts.append((ids, list(tokenizer.token_strings(ids)), note))
     self.period = probes.induction_period(model)
-    self.repeats_BL = probes.repeated_tokens(c.vocab_size, self.period, batch=8)
+    self.repeats_BL = probes.repeated_tokens(c.vocab_size, self.period, probes.INDUCTION_BATCH)
     # Replicated outputs: every process of a multi-host job can read the weights it plots.
     self._forward = jax.jit(lambda params, tokens_BL: probes.forward(model, params, tokens_BL)["weights_NBHLM"],
                             out_shardings=out_sharding)  # the inner jit is inlined into this one
@@ -73,12 +73,7 @@ class TrainingProbes:
     # Entropy, distance and previous-token on the first prompt; induction on repeated random blocks.
     first_NBHLM = prompt_weights[0][:, None]
     repeat_NBHLM = np.asarray(jax.device_get(self._forward(params, self.repeats_BL)))
-    scores = {
-        "entropy": probes.entropy(first_NBHLM),
-        "distance": probes.mean_distance(first_NBHLM),
-        "previous_token": probes.previous_token_score(first_NBHLM),
-        "induction": probes.induction_score(repeat_NBHLM, self.period),
-    }
+    scores = probes.scores_of(first_NBHLM, repeat_NBHLM, self.period)
     scalars = {scalar_name(name, layer, head): float(value)
                for name, scores_NH in scores.items() for (layer, head), value in np.ndenumerate(np.asarray(scores_NH))}
     return scalars, prompt_weights

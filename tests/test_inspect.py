@@ -211,7 +211,7 @@ def test_training_writes_pattern_images_and_head_scalars_at_each_evaluation(trai
   names = {k for k in by_step[STEPS] if k.startswith("heads/")}
   assert len(names) == 4 * 2 * 2  # 4 scores x 2 layers x 2 heads
   model, params, _ = checkpoint.load_model(trained)
-  repeats = probes.repeated_tokens(model.config.vocab_size, probes.induction_period(model), batch=8)
+  repeats = probes.repeated_tokens(model.config.vocab_size, probes.induction_period(model), probes.INDUCTION_BATCH)
   expected = probes.induction_score(probes.forward(model, params, repeats)["weights_NBHLM"],
                                     probes.induction_period(model))
   assert by_step[STEPS]["heads/induction/layer1_head1"] == pytest.approx(float(expected[1, 1]), abs=1e-5)
