@@ -76,7 +76,7 @@ def score_maps(scores: dict[str, np.ndarray], title: str) -> Figure:
   """A layer x head heat map per score, each cell annotated with its value.
 
   Args:
-    scores: {score name: scores_NH}, names from probes.SCORES.
+    scores: {score name: scores_NH}, names from probes.SCORE_TITLES.
     title: the figure's title.
   """
   n, h = next(iter(scores.values())).shape

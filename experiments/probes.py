@@ -22,8 +22,7 @@ import numpy as np
 from transformer import TransformerLM
 from transformer.masks import MaskSpec
 
-SCORES = ("entropy", "distance", "previous_token", "induction")
-# What each score means, for tables, plots and metric descriptions.
+# The per-head scores, in the order of tables and plots, with what each measures.
 SCORE_TITLES = {
     "entropy": "mean entropy (nats)",
     "distance": "mean attention distance (tokens)",
@@ -172,7 +171,7 @@ def head_scores(model: TransformerLM, params: Any, tokens_BL: jax.Array, batch: 
     seed: their seed.
 
   Returns:
-    {score name: scores_NH} for every name in SCORES.
+    {score name: scores_NH} for every name in SCORE_TITLES.
   """
   weights_NBHLM = forward(model, params, jnp.asarray(tokens_BL))["weights_NBHLM"]
   period = induction_period(model)

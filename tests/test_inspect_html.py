@@ -37,7 +37,9 @@ def browser():
                    # Belt and braces with the offline emulation below: any request would go nowhere.
                    "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"):
     options.add_argument(argument)
-  driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+  from selenium.webdriver.chrome.service import Service
+
+  driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
   driver.execute_cdp_cmd("Network.enable", {})
   driver.execute_cdp_cmd("Network.emulateNetworkConditions",
                          {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
@@ -73,6 +75,7 @@ def test_page_loads_offline_with_every_head_and_hovering_shows_the_weight(browse
   from selenium.webdriver.common.action_chains import ActionChains
 
   path, weights_NHLM, allowed_LM, tokens = page
+  assert "://" not in path.read_text(encoding="utf-8")  # no address of anything to fetch
   browser.get(path.as_uri())
   assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0  # nothing fetched
   assert len(browser.find_elements("css selector", "#head option")) == HEADS
