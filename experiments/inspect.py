@@ -21,6 +21,7 @@ from experiments import attention_html, checkpoint, plots, probes, views
 from experiments.data import tokenizers
 
 SUBCOMMANDS = ("attention", "heads", "context")
+RANDOM_LENGTH, RANDOM_BATCH = 256, 8  # `heads` without prompts: random sequences this long, this many
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint to load (default: the latest).")
@@ -80,8 +81,8 @@ def run_heads(workdir: str, prompts: list[str] | None = None, out: str | None = 
   """`heads`: per-head scores as a table (returned) and a heat map per score (written as a PNG).
 
   Entropy, distance and previous-token scores are measured on the prompts (each cut to the shortest), or on
-  16 sequences of uniformly random tokens as long as the model's max_len; the induction score always on
-  repeated random token blocks (probes.repeated_tokens).
+  RANDOM_BATCH sequences of uniformly random tokens (max_len long, at most RANDOM_LENGTH); the induction score
+  always on repeated random token blocks (probes.repeated_tokens).
 
   Returns:
     {"scores": {name: scores_NH}, "table": text, "png": path, "step": step}.
@@ -94,7 +95,8 @@ def run_heads(workdir: str, prompts: list[str] | None = None, out: str | None = 
     length = min(len(ids) for ids in encoded)
     tokens_BL = np.stack([ids[:length] for ids in encoded])
   else:
-    tokens_BL = probes.random_tokens(c.vocab_size, c.max_len, 16)
+    # Weights are N x B x H x L x L floats: bounded length and batch keep big models' passes in memory.
+    tokens_BL = probes.random_tokens(c.vocab_size, min(c.max_len, RANDOM_LENGTH), RANDOM_BATCH)
   scores = probes.head_scores(model, params, tokens_BL)
   png = _prepare_out(out or _default_out(workdir, "heads", step))
   name = os.path.basename(os.path.normpath(workdir))
