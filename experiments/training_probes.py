@@ -15,7 +15,6 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from experiments import plots, probes, views
-from experiments.data import tokenizers
 from transformer import TransformerLM
 
 
@@ -36,8 +35,14 @@ def scalar_name(score: str, layer: int, head: int) -> str:
 class TrainingProbes:
   """Everything the probes need, built once per run: encoded prompts, the chosen heads, jitted passes."""
 
-  def __init__(self, config: ConfigDict, workdir: str, model: TransformerLM, out_sharding: Any = None):
+  def __init__(self, config: ConfigDict, model: TransformerLM, tokenizer: Any, out_sharding: Any = None):
     """Encodes the prompts now, so that a bad prompt stops the run before training, not at its first evaluation.
+
+    Args:
+      config: the run config (its `inspect` section).
+      model: the model being trained.
+      tokenizer: the run's tokenizer (token ids for built-in tasks): it encodes the prompts and labels the axes.
+      out_sharding: where the weights the probes read land (replicated, so every process can read them).
 
     Raises:
       ValueError: a prompt does not encode, or inspect.layers / inspect.heads name no layer or head of the model.
@@ -50,7 +55,6 @@ class TrainingProbes:
       return
     self.layers = views.parse_indices(section.layers, c.num_layers, "inspect.layers")
     self.heads = views.parse_indices(section.heads, c.num_heads, "inspect.heads")
-    tokenizer = tokenizers.load_from_workdir(workdir)
     for i, prompt in enumerate(prompts):
       try:
         ids, note = views.encode(tokenizer, prompt, c.max_len)
