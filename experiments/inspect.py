@@ -23,13 +23,24 @@ from experiments.data import tokenizers
 SUBCOMMANDS = ("attention", "heads", "context")
 RANDOM_LENGTH, RANDOM_BATCH = 256, 8  # `heads` without prompts: random sequences this long, this many
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
-_STEP = flags.DEFINE_integer("step", None, "The checkpoint to load (default: the latest).")
-_PROMPT = flags.DEFINE_multi_string("prompt", [], "Text in the run's tokenizer; `context` takes two or more.")
-_LAYERS = flags.DEFINE_string("layers", "", "attention: comma list of layers to draw (default: all).")
-_HEADS = flags.DEFINE_string("heads", "", "attention: comma list of heads to draw (default: all).")
-_TOKEN = flags.DEFINE_string("token", None, "context: the word whose embedding is compared across prompts.")
-_OUT = flags.DEFINE_string("out", None, "The PNG to write (default: DIR/inspect/<command>_step<S>.png).")
+_FLAGS: dict[str, flags.FlagHolder] = {}
+
+
+def _define_flags() -> dict[str, flags.FlagHolder]:
+  """The command's flags, defined only when it runs as a program.
+
+  Importing this module (tests, notebooks, other commands) defines no flag, so its --workdir never collides
+  with the --workdir of another command imported into the same process.
+  """
+  return {
+      "workdir": flags.DEFINE_string("workdir", None, "A training run's directory."),
+      "step": flags.DEFINE_integer("step", None, "The checkpoint to load (default: the latest)."),
+      "prompt": flags.DEFINE_multi_string("prompt", [], "Text in the run's tokenizer; `context` takes two or more."),
+      "layers": flags.DEFINE_string("layers", "", "attention: comma list of layers to draw (default: all)."),
+      "heads": flags.DEFINE_string("heads", "", "attention: comma list of heads to draw (default: all)."),
+      "token": flags.DEFINE_string("token", None, "context: the word whose embedding is compared across prompts."),
+      "out": flags.DEFINE_string("out", None, "The PNG to write (default: DIR/inspect/<command>_step<S>.png)."),
+  }
 
 
 def _default_out(workdir: str, command: str, step: int) -> str:
@@ -145,26 +156,28 @@ def run_context(workdir: str, token: str, prompts: list[str], out: str | None = 
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
     raise app.UsageError(f"expected one command, one of {', '.join(SUBCOMMANDS)}; got {' '.join(argv[1:]) or 'none'}")
-  if not _WORKDIR.value:
+  f = {name: holder.value for name, holder in _FLAGS.items()}
+  if not f["workdir"]:
     raise app.UsageError("--workdir is required")
-  command, prompts = argv[1], _PROMPT.value
+  command, prompts = argv[1], f["prompt"]
   try:
     if command == "attention":
       if len(prompts) != 1:
         raise ValueError(f"attention draws one --prompt; got {len(prompts)}")
-      result = run_attention(_WORKDIR.value, prompts[0], _LAYERS.value, _HEADS.value, _OUT.value, _STEP.value)
+      result = run_attention(f["workdir"], prompts[0], f["layers"], f["heads"], f["out"], f["step"])
       print(f"step {result['step']}: wrote {result['png']} and {result['html']}")
     elif command == "heads":
-      result = run_heads(_WORKDIR.value, prompts, _OUT.value, _STEP.value)
+      result = run_heads(f["workdir"], prompts, f["out"], f["step"])
       print(f"step {result['step']}\n{result['table']}\nwrote {result['png']}")
     else:
-      if not _TOKEN.value:
+      if not f["token"]:
         raise ValueError("context needs --token")
-      result = run_context(_WORKDIR.value, _TOKEN.value, prompts, _OUT.value, _STEP.value)
+      result = run_context(f["workdir"], f["token"], prompts, f["out"], f["step"])
       print(f"step {result['step']}, positions {result['positions']}\n{result['table']}\nwrote {result['png']}")
   except (ValueError, FileNotFoundError) as error:  # a usage mistake: one line, no traceback
     raise app.UsageError(str(error)) from error
 
 
 if __name__ == "__main__":
+  _FLAGS.update(_define_flags())
   app.run(main)

@@ -9,7 +9,6 @@ import dataclasses
 import io
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -146,21 +145,30 @@ def test_context_similarity_is_one_for_identical_contexts(trained, tmp_path):
     inspect.run_context(trained, token="5", prompts=[a, "1 2"], out=str(tmp_path / "c.png"))
 
 
-def test_text_prompts_with_a_character_tokenizer(trained, tmp_path):
-  """A word of several tokens is followed at its last one; token labels make whitespace visible."""
-  from experiments.data import tokenizers
+def test_a_text_run_is_inspected_in_words(tfds_data_dir, tmp_path):
+  """A character-level run: probes encode text prompts; a word of several tokens is followed at its last one."""
+  from experiments.data import text
 
-  workdir = tmp_path / "text_run"
-  shutil.copytree(trained, workdir)
-  tokenizers.CharTokenizer("abcdefghijklmnopqrstuvwxyz .").save(str(workdir / tokenizers.TOKENIZER_DIR))
+  corpus = tmp_path / "corpus.txt"
+  rng = np.random.default_rng(0)
+  words = ["the", "mole", "dug", "a", "hole", "of", "carbon", "weighs", "grams"]
+  corpus.write_text("\n".join(" ".join(rng.choice(words, 6)) + "." for _ in range(300)) + "\n", encoding="utf-8")
+  c = tiny_config(tfds_data_dir, steps=4)
+  c.data.task, c.data.dataset, c.data.text_files, c.data.tokenizer = "text", text.TEXT_FILES, str(corpus), "char"
+  c.data.vocab_size, c.data.seq_len, c.data.validation_fraction = 0, 24, 0.1
+  c.train.eval_every, c.eval.max_batches = 4, 1
   digging, chemistry = "the mole dug a hole.", "a mole of carbon."
-  result = inspect.run_context(str(workdir), token="mole", prompts=[digging, chemistry, digging],
+  c.inspect.probe_prompts = digging
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(c, workdir)
+  assert ("attention/prompt0", 4) in _tensorboard_images(workdir)
+  result = inspect.run_context(workdir, token="mole", prompts=[digging, chemistry, digging],
                                out=str(tmp_path / "mole.png"))
   assert result["positions"] == [digging.index("mole") + 3, chemistry.index("mole") + 3, digging.index("mole") + 3]
   np.testing.assert_allclose(result["similarity_NCC"][:, 0, 2], 1.0, atol=1e-6)
-  result = inspect.run_attention(str(workdir), digging, out=str(tmp_path / "mole_attention.png"))
+  result = inspect.run_attention(workdir, digging, out=str(tmp_path / "mole_attention.png"))
   ax = panels(result["figure"])[plots.panel_label(0, 0)]
-  assert [t.get_text() for t in ax.get_yticklabels()][:5] == ["t", "h", "e", "␣", "m"]
+  assert [t.get_text() for t in ax.get_yticklabels()][:5] == ["t", "h", "e", "␣", "m"]  # whitespace made visible
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
