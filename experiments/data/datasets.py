@@ -46,6 +46,14 @@ def load(data: ConfigDict, data_dir: str) -> Data:
                 vocab_size=builder.builder_config.vocab_size, tokenizer=None)
   builder = text.prepare_builder(data.dataset, data_dir, text_files=data.text_files,
                                  validation_fraction=data.validation_fraction, manual_dir=data.manual_dir)
+  for key in ("train_split", "eval_split"):
+    missing = [name for name in data[key].split("+") if name not in builder.info.splits]
+    if missing:
+      raise ValueError(f"{key}={data[key]!r}: {builder.name} has no split {missing[0]!r}; it has "
+                       f"{', '.join(sorted(builder.info.splits))}")
+  if data.text_feature not in builder.info.features:
+    raise ValueError(f"text_feature={data.text_feature!r}: {builder.name} has the features "
+                     f"{', '.join(sorted(builder.info.features))}")
   tokenized = text.tokenize(builder, data_dir, [data.train_split, data.eval_split], tokenizer=data.tokenizer,
                             vocab_size=data.vocab_size, sentencepiece_type=data.sentencepiece_type,
                             train_split=data.train_split, feature=data.text_feature)
