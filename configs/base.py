@@ -111,4 +111,11 @@ def get_config() -> config_dict.ConfigDict:
   c.eval = e = config_dict.ConfigDict()
   e.batch_size = 0  # 0 = train.batch_size
   e.max_batches = 0  # 0 = the whole split
+
+  # Probes at each evaluation: attention grids as TensorBoard images, per-head scores as scalars.
+  # Not type-checked (type_safe=False), so that probe_prompts takes one string or a tuple of strings.
+  c.inspect = i = config_dict.ConfigDict(type_safe=False)
+  i.probe_prompts = ""  # a prompt, or a tuple of them, in the run's tokenizer ("" or (): no probes)
+  i.layers = ""  # comma list of the layers drawn in the grids ("" = all)
+  i.heads = ""  # comma list of the heads drawn in the grids ("" = all)
   return c

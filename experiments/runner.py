@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import checkpoint, sharding, validation
+from experiments import checkpoint, sharding, training_probes, validation
 from experiments.data import datasets, pipeline, tokenizers
 from experiments.metrics import MetricWriter, device_peak_flops, write_json
 from experiments.optimizer import learning_rate_schedule, make_optimizer
@@ -272,6 +272,13 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
       state = state.replace(params=params)
       logging.info("initialized params from %s step %d", config.checkpoint.restore_from, step)
   first_step = int(jax.device_get(state.step))
+  try:
+    # The data's own tokenizer, not the one saved in the workdir: every process has it, on any file system.
+    tokenizer = data.tokenizer or tokenizers.TokenIds(trainer.model_config.vocab_size)
+    probes = training_probes.TrainingProbes(config, trainer.model, tokenizer, sharding.replicated(trainer.mesh))
+  except ValueError as error:
+    manager.close()
+    raise ConfigError(str(error)) from error
 
   counts = parameter_counts(trainer.model_config)
   flops_token = flops_per_token(trainer.model_config, config.data.seq_len)
@@ -318,6 +325,8 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
     nonlocal last_eval
     metrics = trainer.evaluate(state.params)
     writer.write(step, metrics)
+    if probes.enabled:  # reads the parameters only: the train state, its RNG and the data order are untouched
+      probes.write(step, state.params, writer)
     last_eval = metrics
     metric, sign = config.checkpoint.best_metric, (1 if config.checkpoint.best_mode == "min" else -1)
     if not best or sign * metrics[metric] < sign * best[metric]:

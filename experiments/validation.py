@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 from ml_collections import ConfigDict
 
-from experiments import sharding
+from experiments import sharding, training_probes, views
 from experiments.data import datasets, tasks, text, tokenizers
 from experiments.optimizer import NO_DECAY_KINDS, SCHEDULES
 from transformer import ModelConfig, TransformerLM, model_config_from
@@ -192,6 +192,27 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
   if ck.restore_from:
     check(os.path.isdir(os.path.join(ck.restore_from, "checkpoints")),
           f"checkpoint.restore_from={ck.restore_from!r} has no checkpoints/ folder: give a training run's workdir")
+  if "inspect" in config:
+    errors.extend(_inspect_errors(config.inspect, model))
+  return errors
+
+
+def _inspect_errors(section: ConfigDict, model: ModelConfig | None) -> list[str]:
+  """Problems of the probe settings: prompts that are not text, layers or heads the model does not have."""
+  errors = []
+  try:
+    training_probes.prompt_list(section.probe_prompts)
+  except ValueError as error:
+    errors.append(str(error))
+  for name, count in (("layers", model.num_layers if model else None), ("heads", model.num_heads if model else None)):
+    value = section[name]
+    if not isinstance(value, str):
+      errors.append(f"inspect.{name}={value!r} must be a comma list of indices such as \"0,1\" (\"\" = all)")
+    elif count is not None:
+      try:
+        views.parse_indices(value, count, f"inspect.{name}")
+      except ValueError as error:
+        errors.append(str(error))
   return errors
 
 

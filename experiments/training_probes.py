@@ -1,0 +1,96 @@
+"""Probes during training: at each evaluation, attention grids as TensorBoard images and per-head scores as scalars.
+
+Set `inspect.probe_prompts` in the config (one prompt, or a tuple of them; empty = off). The probes read the
+parameters only: they never touch the train state, its RNG or the data iterator, so a resumed run stays
+bitwise identical to one that never stopped. Their forward passes are jitted once, outside the train step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from experiments import plots, probes, views
+from transformer import TransformerLM
+
+
+def prompt_list(value: Any) -> list[str]:
+  """The prompts of `inspect.probe_prompts`: a string is one prompt ("" none), a sequence several."""
+  if isinstance(value, str):
+    return [value] if value.strip() else []
+  if isinstance(value, Sequence) and all(isinstance(p, str) for p in value):
+    return [p for p in value if p.strip()]
+  raise ValueError(f"inspect.probe_prompts={value!r} must be a string or a tuple of strings")
+
+
+def scalar_name(score: str, layer: int, head: int) -> str:
+  """The metric name of one head's score, e.g. heads/induction/layer1_head0."""
+  return f"heads/{score}/layer{layer}_head{head}"
+
+
+class TrainingProbes:
+  """Everything the probes need, built once per run: encoded prompts, the chosen heads, jitted passes."""
+
+  def __init__(self, config: ConfigDict, model: TransformerLM, tokenizer: Any, out_sharding: Any = None):
+    """Encodes the prompts now, so that a bad prompt stops the run before training, not at its first evaluation.
+
+    Args:
+      config: the run config (its `inspect` section).
+      model: the model being trained.
+      tokenizer: the run's tokenizer (token ids for built-in tasks): it encodes the prompts and labels the axes.
+      out_sharding: where the weights the probes read land (replicated, so every process can read them).
+
+    Raises:
+      ValueError: a prompt does not encode, or inspect.layers / inspect.heads name no layer or head of the model.
+    """
+    c, section = model.config, config.get("inspect")
+    self.model = model
+    self.prompts = []  # (ids, labels, note) of each prompt
+    prompts = prompt_list(section.probe_prompts) if section is not None else []
+    if not prompts:
+      return
+    self.layers = views.parse_indices(section.layers, c.num_layers, "inspect.layers")
+    self.heads = views.parse_indices(section.heads, c.num_heads, "inspect.heads")
+    for i, prompt in enumerate(prompts):
+      try:
+        ids, note = views.encode(tokenizer, prompt, c.max_len)
+      except ValueError as error:
+        raise ValueError(f"inspect.probe_prompts[{i}]={prompt!r} cannot be used: {error}") from None
+      self.prompts.append((ids, list(tokenizer.token_strings(ids)), note))
+    self.period = probes.induction_period(model)
+    self.repeats_BL = probes.repeated_tokens(c.vocab_size, self.period, probes.INDUCTION_BATCH)
+    # Replicated outputs: every process of a multi-host job can read the weights it plots.
+    self._forward = jax.jit(lambda params, tokens_BL: probes.forward(model, params, tokens_BL)["weights_NBHLM"],
+                            out_shardings=out_sharding)  # the inner jit is inlined into this one
+
+  @property
+  def enabled(self) -> bool:
+    return bool(self.prompts)
+
+  def measure(self, params: Any) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Per-head scores as named scalars, and each prompt's weights_NHLM (all processes run this)."""
+    prompt_weights = [np.asarray(jax.device_get(self._forward(params, ids[None])))[:, 0] for ids, _, _ in self.prompts]
+    # Entropy, distance and previous-token on the first prompt; induction on repeated random blocks.
+    first_NBHLM = prompt_weights[0][:, None]
+    repeat_NBHLM = np.asarray(jax.device_get(self._forward(params, self.repeats_BL)))
+    scores = probes.scores_of(first_NBHLM, repeat_NBHLM, self.period)
+    scalars = {scalar_name(name, layer, head): float(value)
+               for name, scores_NH in scores.items() for (layer, head), value in np.ndenumerate(np.asarray(scores_NH))}
+    return scalars, prompt_weights
+
+  def write(self, step: int, params: Any, writer: Any) -> None:
+    """Measures and writes the scalars and one attention-grid image per prompt (process 0 writes)."""
+    scalars, prompt_weights = self.measure(params)
+    writer.write(step, scalars)
+    if not writer.enabled:
+      return
+    for i, ((ids, labels, note), weights_NHLM) in enumerate(zip(self.prompts, prompt_weights)):
+      allowed_LM = probes.allowed_matrix(self.model, len(ids))
+      figure = views.attention_figure(weights_NHLM, allowed_LM, labels, self.layers, self.heads,
+                                      f"prompt {i} at step {step}", note)
+      writer.write_image(step, f"attention/prompt{i}", plots.to_image(figure))
+
