@@ -152,11 +152,11 @@ def _requeue(study: optuna.Study, sweep: ConfigDict, frozen: optuna.trial.Frozen
   storage = study._storage  # pylint: disable=protected-access
   trial_key = frozen._trial_id  # pylint: disable=protected-access
   try:
+    storage.set_trial_user_attr(trial_key, "interrupted", reason)  # a finished trial takes no attribute
     if not storage.set_trial_state_values(trial_key, state=optuna.trial.TrialState.FAIL):
       return
   except optuna.exceptions.UpdateFinishedTrialError:
     return
-  storage.set_trial_user_attr(trial_key, "interrupted", reason)
   if len(frozen.params) == len(sweep_space.parameters(sweep)):
     study.enqueue_trial(dict(frozen.params), user_attrs={"retry_of": frozen.number})
   logging.warning("trial %d (%s) was interrupted (%s): enqueued again", frozen.number,
@@ -327,7 +327,8 @@ def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int =
 
 
 def _worker_process(sweep_dict: dict, sweepdir: str, storage_url: str, worker_index: int) -> None:
-  logging.basicConfig(level=logging.INFO, format=f"[worker {worker_index}] %(levelname)s %(message)s")
+  # Warnings and errors only: a worker's INFO lines (orbax, TFDS) would bury the trials' own messages.
+  logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_index}] %(levelname)s %(message)s")
   work(ConfigDict(sweep_dict), sweepdir, storage_url, worker_index)
 
 
