@@ -22,9 +22,6 @@ from absl import app, flags
 
 from experiments.metrics import read_metrics
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A sweep's workdir (with trials/) or a single run's workdir.")
-_METRIC = flags.DEFINE_string("metric", None, "Metric of the table and plots (default: the sweep's, or eval/loss).")
-
 EVAL_COLUMNS = ("eval/loss", "eval/accuracy")
 MAXIMIZED = ("eval/accuracy", "eval/sequence_accuracy")
 
@@ -229,13 +226,17 @@ def report(workdir: str, metric: str | None = None) -> dict[str, Any]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _WORKDIR.value is None:
+  workdir = flags.FLAGS.workdir
+  if workdir is None:
     raise app.UsageError("--workdir is required")
-  result = report(_WORKDIR.value, _METRIC.value)
-  with open(os.path.join(_WORKDIR.value, "results.md"), encoding="utf-8") as f:
+  result = report(workdir, flags.FLAGS.metric)
+  with open(os.path.join(workdir, "results.md"), encoding="utf-8") as f:
     print(f.read())
   print("wrote " + ", ".join(result["files"]))
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: tests import this module beside others that define --workdir.
+  flags.DEFINE_string("workdir", None, "A sweep's workdir (with trials/) or a single run's workdir.")
+  flags.DEFINE_string("metric", None, "Metric of the table and plots (default: the sweep's, or eval/loss).")
   app.run(main)

@@ -38,11 +38,6 @@ from ml_collections import ConfigDict, config_flags
 from experiments import sweep_space
 from experiments.metrics import write_json
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/<name>.py[:scale]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep: trials/, study.db, results.")
-_WORKERS = flags.DEFINE_integer("workers", None, "Trials run in parallel processes (default: the config's).")
-_STORAGE = flags.DEFINE_string("storage", None, "Optuna storage URL (default: sqlite:///WORKDIR/study.db).")
-
 TRIAL_FILE = "trial.json"  # written by the sweep in each trial's workdir: status, parameters, error
 CLAIM_FILE = ".claim"
 STALE_UNCLAIMED_SEC = 120  # a RUNNING trial that never claimed a point after this long is dead
@@ -380,13 +375,14 @@ def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, worker
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _WORKDIR.value is None or _CONFIG.value is None:
+  args = flags.FLAGS
+  if args.workdir is None or args.config is None:
     raise app.UsageError("--config and --workdir are required")
-  sweep = _CONFIG.value
-  workers = _WORKERS.value if _WORKERS.value is not None else sweep.workers
+  sweep = args.config
+  workers = args.workers if args.workers is not None else sweep.workers
   signal.signal(signal.SIGTERM, _raise_interrupt)
   try:
-    counts = run(sweep, _WORKDIR.value, _STORAGE.value, workers)
+    counts = run(sweep, args.workdir, args.storage, workers)
   except SweepError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
@@ -396,5 +392,14 @@ def main(argv):
   print(json.dumps(counts))
 
 
+def define_flags() -> None:
+  """The command's flags, defined only when it runs as a command (tests import this module beside others)."""
+  config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/<name>.py[:scale]).")
+  flags.DEFINE_string("workdir", None, "Directory of the sweep: trials/, study.db, results.")
+  flags.DEFINE_integer("workers", None, "Trials run in parallel processes (default: the config's).")
+  flags.DEFINE_string("storage", None, "Optuna storage URL (default: sqlite:///WORKDIR/study.db).")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
