@@ -10,12 +10,15 @@ import json
 import os
 from typing import Any
 
+import flax.linen
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from experiments.steps import TrainState
+from transformer import TransformerLM, model_config_from
 
 CHECKPOINTS = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -97,3 +100,30 @@ def read_config(workdir: str) -> ConfigDict:
     raise FileNotFoundError(f"{path} does not exist: is {workdir!r} the workdir of a training run?")
   with open(path, encoding="utf-8") as f:
     return ConfigDict(json.load(f))
+
+
+def load_model(workdir: str, step: int | None = None) -> tuple[TransformerLM, Any, int]:
+  """Rebuilds a run's model from its config.json and reads its parameters onto the default device.
+
+  For commands that look at a trained model (sampling, inspection): no optimizer state, data or mesh.
+
+  Args:
+    workdir: the run's directory.
+    step: the checkpoint to read (default: the latest).
+
+  Returns:
+    (model, params, step): the model, its parameters and the step they were saved at.
+
+  Raises:
+    FileNotFoundError: the workdir has no config.json or no checkpoint (at that step).
+  """
+  config = read_config(workdir)
+  # The saved config is resolved (vocab_size and max_len filled in), so it builds the model alone.
+  model = TransformerLM(model_config_from(config.model))
+  tokens_BL = jnp.zeros((1, model.config.max_len), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens_BL))["params"]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          flax.linen.unbox(shapes))
+  params, step = restore_params(workdir, abstract, step)
+  return model, params, step
