@@ -119,19 +119,20 @@ def get_config():
 
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tfds_data_dir, tmp_path):
   """SIGKILL the whole sweep mid-trial (no chance to save or record), then rerun the same sweep."""
-  steps = 150
+  steps = 80
   fixed = tiny_sweep(tfds_data_dir, steps=steps).fixed.to_dict()
   config_file = tmp_path / "killed_sweep.py"
   config_file.write_text(SWEEP_FILE.format(fixed=fixed))
   sweepdir = tmp_path / "sweep"
+  log = open(tmp_path / "sweep.log", "w+", encoding="utf-8")  # a file, not a pipe nobody reads while it fills
   process = subprocess.Popen([sys.executable, "-m", "experiments.sweep", f"--config={config_file}",
-                              f"--workdir={sweepdir}", "--workers=1"], cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              f"--workdir={sweepdir}", "--workers=1"], cwd=REPO, stdout=log, stderr=log,
+                             start_new_session=True)
   victim = None
   try:
     deadline = time.time() + 240
     while time.time() < deadline and victim is None and process.poll() is None:
-      time.sleep(0.2)
+      time.sleep(0.1)
       if not (sweepdir / "trials").exists():
         continue
       dirs = trial_dirs(sweepdir)
@@ -144,7 +145,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tfds_data_dir,
     if process.poll() is None:
       os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-  assert victim is not None, f"no trial was caught mid-run: {process.stderr.read()[-3000:]}"
+  assert victim is not None, f"no trial was caught mid-run: {(tmp_path / 'sweep.log').read_text()[-3000:]}"
   dirs = trial_dirs(sweepdir)
   finished = {d: open(os.path.join(p, "metrics.jsonl")).read() for d, p in dirs.items()
               if os.path.exists(os.path.join(p, "summary.json"))}
