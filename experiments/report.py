@@ -156,8 +156,17 @@ def write_tables(rows: list[dict[str, Any]], paths: list[str], metric: str, work
   return columns
 
 
+def slug_label(trial: str) -> str:
+  """A trial's id without its hash, for labels."""
+  return re.sub(r"-[0-9a-f]{8}$", "", trial)
+
+
 def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workdir: str) -> list[str]:
-  """Writes loss_curves.png and one <metric>_vs_<path>.png per swept path; returns the files written."""
+  """Writes loss_curves.png, <metric>_by_trial.png, <metric>_vs_parameters.png and <metric>_vs_<path>.png.
+
+  Returns:
+    The names of the files written.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")  # files only, no display
@@ -168,10 +177,9 @@ def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workd
   for row in rows:
     if row["_curve"]:
       steps, losses = zip(*row["_curve"])
-      ax.plot(steps, losses, label=f"{row['trial']} ({row['status']})", linewidth=1)
+      ax.plot(steps, losses, label=f"{slug_label(row['trial'])} ({row['status']})", linewidth=1)
   ax.set_xlabel("step")
   ax.set_ylabel("train/loss")
-  ax.set_yscale("log")
   ax.set_title(f"training loss of {len(rows)} trials")
   if len(rows) <= 20:
     ax.legend(fontsize=6, loc="upper right")
@@ -181,6 +189,33 @@ def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workd
   written.append("loss_curves.png")
 
   key = f"final {metric}"
+  ranked = [row for row in rows if row.get(key) is not None]
+  if ranked:  # every trial by name: the one figure that shows zipped parameters (several paths) as they were set
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(ranked)))
+    ax.barh(range(len(ranked)), [row[key] for row in ranked])
+    ax.set_yticks(range(len(ranked)), [row["trial"] for row in ranked], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(key)
+    ax.set_title(f"{key} of each trial", fontsize=9)
+    fig.tight_layout()
+    name = f"{re.sub(r'[^A-Za-z0-9]+', '_', metric)}_by_trial.png"
+    fig.savefig(os.path.join(workdir, name), dpi=110)
+    plt.close(fig)
+    written.append(name)
+  sizes = [row for row in ranked if row.get("parameters")]
+  if len({row["parameters"] for row in sizes}) > 1:  # the metric against model size (value rank, heads at fixed K)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([row["parameters"] for row in sizes], [row[key] for row in sizes])
+    for row in sizes:
+      ax.annotate(slug_label(row["trial"]), (row["parameters"], row[key]), fontsize=6)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} against parameter count", fontsize=9)
+    fig.tight_layout()
+    name = f"{re.sub(r'[^A-Za-z0-9]+', '_', metric)}_vs_parameters.png"
+    fig.savefig(os.path.join(workdir, name), dpi=110)
+    plt.close(fig)
+    written.append(name)
   for path in paths:
     points = [(row.get(path), row[key]) for row in rows if row.get(key) is not None]
     if not points:
