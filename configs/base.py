@@ -42,11 +42,11 @@ def get_config() -> config_dict.ConfigDict:
   m.layer_norm_epsilon = 1e-5  # LayerNorm epsilon
   m.init_std = 0.02  # std of the normal init of weight matrices
 
-  # The data: a built-in attention task, prepared with TFDS on first use.
+  # The data: a built-in attention task, or text for language modelling; prepared with TFDS on first use.
   c.data = d = config_dict.ConfigDict()
-  d.task = "associative_recall"  # associative_recall | induction | copy | reverse
-  d.vocab_size = 64  # tokens of the task
-  d.seq_len = 64  # tokens per example
+  d.task = "associative_recall"  # associative_recall | induction | copy | reverse | text
+  d.vocab_size = 64  # tasks: tokens of the task; text: SentencePiece's vocabulary (char and byte: 0)
+  d.seq_len = 64  # tokens per example (text: the context T; windows of T + 1 tokens)
   d.num_pairs = 8  # associative_recall: key-value pairs per example
   d.num_queries = 8  # associative_recall: distinct keys queried per example (at most num_pairs)
   d.num_train = 20_000  # examples in the train split
@@ -54,6 +54,16 @@ def get_config() -> config_dict.ConfigDict:
   d.seed = 0  # seed of the generated data (not of its order, which follows train.seed)
   d.data_dir = ""  # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   d.worker_count = 0  # grain worker processes (0: read in threads of the training process)
+  # text only (see experiments/data/text.py):
+  d.dataset = "tiny_shakespeare"  # a TFDS catalog dataset with a text feature, or "text_files"
+  d.text_files = ""  # text_files: a file, folder or glob of UTF-8 text
+  d.validation_fraction = 0.1  # text_files: share of the characters, at the end, held out for validation
+  d.manual_dir = ""  # catalog datasets offline: the folder with the files TFDS would download
+  d.text_feature = "text"  # the feature that holds the text
+  d.train_split = "train"  # split to train (and to fit the tokenizer) on
+  d.eval_split = "validation"  # split to evaluate on; "+" joins splits end to end, e.g. "validation+test"
+  d.tokenizer = "char"  # char | byte | sentencepiece (fit on the training split, cached in data_dir)
+  d.sentencepiece_type = "bpe"  # bpe | unigram
 
   # The optimizer: AdamW with warmup then a decay schedule.
   c.optimizer = o = config_dict.ConfigDict()

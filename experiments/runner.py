@@ -22,7 +22,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from experiments import checkpoint, sharding, validation
-from experiments.data import pipeline, tasks
+from experiments.data import datasets, pipeline, tokenizers
 from experiments.metrics import MetricWriter, device_peak_flops, write_json
 from experiments.optimizer import learning_rate_schedule, make_optimizer
 from experiments.steps import TrainState, eval_step, summarize_eval, train_step
@@ -79,7 +79,9 @@ def check_resumable(workdir: str, config: ConfigDict) -> None:
     saved = json.load(f)
   for section in ("model", "data"):
     old, new = saved.get(section, {}), config[section].to_dict()
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "data_dir")
+    # Where the data live is not what they are: a moved data_dir or manual_dir resumes.
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and k not in ("data_dir", "manual_dir"))
     if changed:
       key = changed[0]
       raise ConfigError(f"{section}.{key}={new.get(key)!r} differs from {old.get(key)!r} saved in {path}: "
@@ -130,10 +132,32 @@ def _mean_metrics(pending: list[tuple[int, dict[str, jax.Array]]]) -> tuple[dict
   return mean, (bad[0] if bad else None)
 
 
+def load_data(config: ConfigDict) -> datasets.Data:
+  """Prepares the run's data on first use (process 0 first, then the others read it) and opens it.
+
+  Raises:
+    ConfigError: the data cannot be prepared as configured (one line naming the field).
+  """
+  try:
+    if jax.process_index() == 0:
+      data = datasets.load(config.data, data_dir(config))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      multihost_utils.sync_global_devices("data prepared")
+    if jax.process_index() != 0:
+      data = datasets.load(config.data, data_dir(config))
+  except ValueError as error:
+    message = str(error)
+    raise ConfigError(message if message.startswith("data.") else f"data.{message}") from None
+  return data
+
+
 class Trainer:
   """Everything built once per run: mesh, model, optimizer, shardings, compiled steps, data."""
 
-  def __init__(self, config: ConfigDict, workdir: str):
+  def __init__(self, config: ConfigDict, workdir: str, data: datasets.Data | None = None):
+    """Builds the run of a resolved config; `data` from `load_data`, or loaded here when None."""
     self.config = config
     self.workdir = workdir
     self.model_config = validation.model_config(config)
@@ -173,21 +197,14 @@ class Trainer:
     self.eval_step = jax.jit(functools.partial(eval_step, model=self.model),
                              in_shardings=(self.param_shardings, batch_sharding), out_shardings=replicated)
 
-    if jax.process_index() == 0:
-      self.builder = tasks.prepare(config.data.task, data_dir(config), **validation.task_sizes(config.data))
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-      multihost_utils.sync_global_devices("data prepared")
-    if jax.process_index() != 0:
-      self.builder = tasks.prepare(config.data.task, data_dir(config), **validation.task_sizes(config.data))
+    self.data = load_data(config) if data is None else data
     self.local_batch = t.batch_size // jax.process_count()
     eval_batch = (config.eval.batch_size or t.batch_size) // jax.process_count()
-    self.eval_data = pipeline.eval_batches(self.builder, batch_size=eval_batch, process_index=jax.process_index(),
+    self.eval_data = pipeline.eval_batches(self.data.validation, batch_size=eval_batch, process_index=jax.process_index(),
                                            process_count=jax.process_count())
 
   def new_train_iterator(self):
-    return pipeline.train_iterator(self.builder, batch_size=self.local_batch, seed=self.config.train.seed,
+    return pipeline.train_iterator(self.data.train, batch_size=self.local_batch, seed=self.config.train.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    worker_count=self.config.data.worker_count)
 
@@ -216,19 +233,26 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False)
   errors = validation.validate(config)
   if errors:
     raise ConfigError("\n".join(errors))
-  config = validation.resolve(config)
+  start_time = time.time()
+  data = load_data(config)
+  config = validation.resolve(config, data.vocab_size)
+  if config.model.vocab_size < data.vocab_size:
+    raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the data's {data.vocab_size} "
+                      f"tokens: set 0 to follow the data")
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock(workdir):
     check_resumable(workdir, config)
-    return _run(config, workdir, progress)
+    return _run(config, workdir, data, progress, start_time)
 
 
-def _run(config: ConfigDict, workdir: str, progress: bool) -> dict[str, Any]:
+def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, start_time: float) -> dict[str, Any]:
   t, lead = config.train, jax.process_index() == 0
-  start_time = time.time()
-  trainer = Trainer(config, workdir)
+  trainer = Trainer(config, workdir, data)
   if lead:
     write_json(os.path.join(workdir, checkpoint.CONFIG_FILE), config.to_dict())
+    if data.tokenizer is not None:
+      # Beside the checkpoints, so sampling and evaluation decode exactly as training encoded.
+      tokenizers.save_atomically(data.tokenizer, os.path.join(workdir, tokenizers.TOKENIZER_DIR))
   manager = checkpoint.make_manager(workdir, config.checkpoint)
   iterator = trainer.new_train_iterator()
   latest = manager.latest_step()

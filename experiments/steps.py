@@ -49,6 +49,10 @@ def weighted_sums(model: TransformerLM, params: Any, batch: dict[str, jax.Array]
       # A sequence counts as solved when every target position is predicted right.
       "sequences_correct": (has_targets_B & (correct_BL.sum(-1) == weights_BL.sum(-1))).sum().astype(jnp.float32),
   }
+  # Text evaluation batches carry the bytes and characters behind each target (0 where not counted).
+  for name in ("target_bytes", "target_chars"):
+    if name in batch:
+      sums[name] = batch[name].astype(jnp.float32).sum()
   return loss_sum, sums
 
 
@@ -101,12 +105,20 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: TransformerLM)
 
 
 def summarize_eval(sums: dict[str, float], prefix: str = "eval") -> dict[str, float]:
-  """Turns summed eval metrics into means: loss, accuracy, sequence accuracy, perplexity."""
+  """Turns summed eval metrics into means: loss, accuracy, sequence accuracy, perplexity.
+
+  On text also bits per character and per byte: the summed loss in bits over the characters
+  (bytes) behind the predicted tokens, which compares runs with different tokenizers.
+  """
   weight = max(sums["weight"], 1.0)
   loss = sums["loss"] / weight
-  return {
+  metrics = {
       f"{prefix}/loss": loss,
       f"{prefix}/accuracy": sums["correct"] / weight,
       f"{prefix}/sequence_accuracy": sums["sequences_correct"] / max(sums["sequences"], 1.0),
       f"{prefix}/perplexity": math.exp(min(loss, 80.0)),  # capped: exp overflows float64 near 710
   }
+  for name, key in (("target_chars", "bits_per_char"), ("target_bytes", "bits_per_byte")):
+    if sums.get(name):
+      metrics[f"{prefix}/{key}"] = sums["loss"] / math.log(2) / sums[name]
+  return metrics

@@ -9,7 +9,7 @@ import jax
 from ml_collections import ConfigDict
 
 from experiments import sharding
-from experiments.data import tasks
+from experiments.data import datasets, tasks, text, tokenizers
 from experiments.optimizer import NO_DECAY_KINDS, SCHEDULES
 from transformer import ModelConfig, TransformerLM, model_config_from
 
@@ -17,23 +17,66 @@ from transformer import ModelConfig, TransformerLM, model_config_from
 AXIS_KEYS = {"heads": "model.num_heads", "kv_heads": "model.num_kv_heads", "mlp": "model.mlp_dim",
              "vocab": "model.vocab_size", "embed": "model.d_model", "head_dim": "model.head_dim",
              "value_rank": "model.value_rank", "layers": "model.num_layers"}
-EVAL_METRICS = ("eval/loss", "eval/accuracy", "eval/sequence_accuracy", "eval/perplexity")
+EVAL_METRICS = ("eval/loss", "eval/accuracy", "eval/sequence_accuracy", "eval/perplexity", "eval/bits_per_char",
+                "eval/bits_per_byte")
+# A stand-in vocabulary for checking the model before the char tokenizer has read the text.
+_UNKNOWN_VOCAB = 2
 
 
-def task_sizes(data: ConfigDict) -> dict[str, int]:
-  """The size fields of data.task, taken from the `data` section."""
-  fields = tasks.TASKS[data.task].CONFIG_CLASS.size_fields() if data.task in tasks.TASKS else ()
-  return {name: data[name] for name in fields if name in data}
+def resolve(config: ConfigDict, data_vocab_size: int | None = None) -> ConfigDict:
+  """A copy with the derived values filled in: model.vocab_size and model.max_len from the data when 0.
 
-
-def resolve(config: ConfigDict) -> ConfigDict:
-  """A copy with the derived values filled in: model.vocab_size and model.max_len from the data when 0."""
+  Args:
+    config: the run config.
+    data_vocab_size: the vocabulary of the loaded data; needed for text with the char tokenizer,
+      whose vocabulary only reading the text tells.
+  """
   config = ConfigDict(config.to_dict())
   if config.model.vocab_size == 0:
-    config.model.vocab_size = config.data.vocab_size
+    vocab = data_vocab_size if data_vocab_size is not None else datasets.known_vocab_size(config.data)
+    config.model.vocab_size = vocab or 0
   if config.model.max_len == 0:
     config.model.max_len = config.data.seq_len
   return config
+
+
+def _text_errors(d: ConfigDict) -> list[str]:
+  """Problems of the text fields of a `data` section whose task is text."""
+  errors = []
+  if d.dataset == text.TEXT_FILES:
+    if not d.text_files:
+      errors.append(f"data.text_files is empty: with data.dataset={text.TEXT_FILES!r} give a file, folder or glob")
+    else:
+      try:
+        text.expand_text_files(d.text_files)
+      except ValueError as error:
+        errors.append(f"data.{error}")
+    if not 0 < d.validation_fraction < 1:
+      errors.append(f"data.validation_fraction={d.validation_fraction} must be in (0, 1)")
+  elif not d.dataset:
+    errors.append("data.dataset is empty: name a TFDS catalog dataset (e.g. tiny_shakespeare) or "
+                  f"{text.TEXT_FILES!r}")
+  if d.manual_dir and not os.path.isdir(os.path.expanduser(d.manual_dir)):
+    errors.append(f"data.manual_dir={d.manual_dir!r} is not a folder: give the folder holding the files "
+                  f"TFDS would download, or '' to download")
+  if d.tokenizer not in tokenizers.KINDS:
+    errors.append(f"data.tokenizer={d.tokenizer!r} is unknown: expected one of {', '.join(tokenizers.KINDS)}")
+  elif d.tokenizer == "sentencepiece":
+    if d.sentencepiece_type not in tokenizers.SENTENCEPIECE_TYPES:
+      errors.append(f"data.sentencepiece_type={d.sentencepiece_type!r} is unknown: expected one of "
+                    f"{', '.join(tokenizers.SENTENCEPIECE_TYPES)}")
+    # Byte fallback takes 256 pieces, plus newline and the control pieces.
+    if d.vocab_size < 300:
+      errors.append(f"data.vocab_size={d.vocab_size}: SentencePiece needs at least 300 (256 byte pieces and "
+                    f"more); try 1024")
+  elif d.vocab_size != 0:
+    errors.append(f"data.vocab_size={d.vocab_size}: the {d.tokenizer} tokenizer sets the vocabulary itself; set 0")
+  for key in ("train_split", "eval_split", "text_feature"):
+    if not d[key]:
+      errors.append(f"data.{key} is empty")
+  if d.seq_len < 1:
+    errors.append(f"data.seq_len={d.seq_len} must be >= 1")
+  return errors
 
 
 def model_config(config: ConfigDict) -> ModelConfig:
@@ -58,19 +101,25 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
       errors.append(message)
 
   d, o, t, ck, e = config.data, config.optimizer, config.train, config.checkpoint, config.eval
-  try:
-    tasks.make_config(d.task, **task_sizes(d))
-  except ValueError as error:
-    errors.append(f"data.{error}")
-  resolved = resolve(config)
+  if d.task == datasets.TEXT:
+    errors.extend(_text_errors(d))
+  elif d.task not in tasks.TASKS:
+    errors.append(f"data.task={d.task!r} is unknown: expected one of {', '.join([*tasks.TASKS, datasets.TEXT])}")
+  else:
+    try:
+      tasks.make_config(d.task, **datasets.task_sizes(d))
+    except ValueError as error:
+      errors.append(f"data.{error}")
+  resolved = resolve(config, datasets.known_vocab_size(d) or _UNKNOWN_VOCAB)
   model = None
   try:
     model = model_config_from(resolved.model)
   except ValueError as error:
     errors.append(str(error))
   if model is not None:
-    check(model.vocab_size >= d.vocab_size,
-          f"model.vocab_size={model.vocab_size} is smaller than data.vocab_size={d.vocab_size}: set 0 to follow the data")
+    known_vocab = datasets.known_vocab_size(d)
+    check(known_vocab is None or model.vocab_size >= known_vocab,
+          f"model.vocab_size={model.vocab_size} is smaller than the data's {known_vocab} tokens: set 0 to follow the data")
     check(model.max_len >= d.seq_len,
           f"data.seq_len={d.seq_len} is longer than model.max_len={model.max_len} (the position table): "
           f"raise model.max_len or set it to 0")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from experiments.data import datasets
 from transformer import ModelConfig, TransformerLM, model_config_from
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -44,7 +45,8 @@ def _model_config(config) -> ModelConfig:
   values = config.model.to_dict()
   data = config.get("data", {})
   if values.get("vocab_size") == 0:
-    values["vocab_size"] = data["vocab_size"]
+    # Text with the char tokenizer knows its vocabulary only from the text: any size builds the model.
+    values["vocab_size"] = datasets.known_vocab_size(data) or 256
   if values.get("max_len") == 0:
     values["max_len"] = data["seq_len"]
   return model_config_from(values)

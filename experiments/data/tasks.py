@@ -47,7 +47,7 @@ decodes with numpy. Four TFDS defaults would get in the way and are avoided here
 `dataset_info_from_configs` reads metadata files next to the module, so `_info` builds a
 `DatasetInfo` directly; `code_path` needs the `importlib_resources` backport, so it is set (see
 `_TaskBuilder`); `DatasetInfo.initialize_from_bucket` leaks a temporary directory, so it is a
-no-op (see `_LocalDatasetInfo`); and `data_dir` defaults to ~/tensorflow_datasets, so `prepare`
+no-op (see `LocalDatasetInfo`); and `data_dir` defaults to ~/tensorflow_datasets, so `prepare`
 requires it.
 """
 
@@ -234,7 +234,7 @@ def reverse(rng: np.random.Generator, n: int, c: TaskConfig):
   return _copy_or_reverse(rng, n, c, reverse=True)
 
 
-class _LocalDatasetInfo(tfds.core.DatasetInfo):
+class LocalDatasetInfo(tfds.core.DatasetInfo):
   """DatasetInfo that never looks for precomputed info on GCS."""
 
   def initialize_from_bucket(self) -> None:
@@ -265,7 +265,7 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     T = self.builder_config.seq_len
-    return _LocalDatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description=self.__doc__,
         features=tfds.features.FeaturesDict({

@@ -162,7 +162,7 @@ class SentencePieceTokenizer:
     """Trains on the lines of `texts` (deterministic for the same text and arguments).
 
     Identity normalization, no dummy prefix and kept whitespace make decode(encode(x)) == x;
-    byte fallback covers characters outside the pieces; newline is a user-defined piece because
+    byte fallback covers rare characters (0.05% of the text) and characters never seen; newline is a user-defined piece because
     training reads the text a line at a time and would never see it.
     """
     import sentencepiece  # pylint: disable=g-import-not-at-top
@@ -172,14 +172,25 @@ class SentencePieceTokenizer:
     model = io.BytesIO()
     # SentencePiece seeds its sentence sampling from a process-wide generator; this is its only API.
     sentencepiece.set_random_generator_seed(seed)
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=_lines(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-        character_coverage=1.0, byte_fallback=True, normalization_rule_name="identity",
-        add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        split_digits=True, user_defined_symbols=["\n"], input_sentence_size=max_sentences,
-        shuffle_input_sentence=True, seed_sentencepiece_size=1_000_000,
-        # One thread: SentencePiece's multithreaded training is not bitwise reproducible.
-        num_threads=1, minloglevel=2, max_sentence_length=1 << 16, hard_vocab_limit=True)
+    try:
+      sentencepiece.SentencePieceTrainer.train(
+          sentence_iterator=_lines(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+          character_coverage=0.9995, byte_fallback=True, normalization_rule_name="identity",
+          add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+          split_digits=True, user_defined_symbols=["\n"], input_sentence_size=max_sentences,
+          shuffle_input_sentence=True, seed_sentencepiece_size=1_000_000,
+          # One thread: SentencePiece's multithreaded training is not bitwise reproducible.
+          num_threads=1, minloglevel=2, max_sentence_length=1 << 16, hard_vocab_limit=True)
+    except RuntimeError as error:
+      if "smaller than required_chars" in str(error):
+        needed = str(error).split(" vs ")[-1].split(".")[0]
+        raise ValueError(f"vocab_size={vocab_size}: SentencePiece needs at least {needed} for this text (every "
+                         f"character, 256 byte pieces and control pieces); raise it") from None
+      if "Vocabulary size too high" in str(error):
+        most = str(error).split("<=")[-1].strip(" .")
+        raise ValueError(f"vocab_size={vocab_size}: the training text supports at most {most} pieces; lower it"
+                         ) from None
+      raise
     return cls(model.getvalue())
 
   def encode(self, text: str) -> np.ndarray:

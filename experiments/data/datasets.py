@@ -1,0 +1,54 @@
+"""The data of a run, whatever its kind: a built-in task or tokenized text, as random-access sources."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ml_collections import ConfigDict
+
+from experiments.data import pipeline, tasks, text, tokenizers
+
+TEXT = "text"  # data.task of language modelling on a corpus
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """Training and evaluation examples of a run, and what the model must know of them."""
+
+  train: pipeline.Source
+  validation: pipeline.Source
+  vocab_size: int  # tokens the model must embed
+  tokenizer: tokenizers.Tokenizer | None  # None for built-in tasks (their tokens are ids)
+
+
+def task_sizes(data: ConfigDict) -> dict[str, int]:
+  """The size fields of a built-in data.task, taken from the `data` section."""
+  fields = tasks.TASKS[data.task].CONFIG_CLASS.size_fields() if data.task in tasks.TASKS else ()
+  return {name: data[name] for name in fields if name in data}
+
+
+def known_vocab_size(data: ConfigDict) -> int | None:
+  """The vocabulary the data will have, when the config alone says it (None: the char tokenizer's)."""
+  if data.task != TEXT or data.tokenizer == "sentencepiece":
+    return data.vocab_size
+  return 256 if data.tokenizer == "byte" else None
+
+
+def load(data: ConfigDict, data_dir: str) -> Data:
+  """Prepares (on first use) and opens the data a `data` config section describes.
+
+  Raises:
+    ValueError: one line naming the data field at fault.
+  """
+  if data.task != TEXT:
+    builder = tasks.prepare(data.task, data_dir, **task_sizes(data))
+    return Data(train=builder.as_data_source("train"), validation=builder.as_data_source("validation"),
+                vocab_size=builder.builder_config.vocab_size, tokenizer=None)
+  builder = text.prepare_builder(data.dataset, data_dir, text_files=data.text_files,
+                                 validation_fraction=data.validation_fraction, manual_dir=data.manual_dir)
+  tokenized = text.tokenize(builder, data_dir, [data.train_split, data.eval_split], tokenizer=data.tokenizer,
+                            vocab_size=data.vocab_size, sentencepiece_type=data.sentencepiece_type,
+                            train_split=data.train_split, feature=data.text_feature)
+  return Data(train=text.RandomWindows(tokenized.streams[data.train_split], data.seq_len),
+              validation=text.SequentialWindows(tokenized.streams[data.eval_split], data.seq_len, tokenized.tokenizer),
+              vocab_size=tokenized.tokenizer.vocab_size, tokenizer=tokenized.tokenizer)

@@ -1,0 +1,159 @@
+"""Language-model runs end to end: text through the runner, bits per character, resume, evaluate, sample."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import base, shakespeare_char
+from experiments import evaluate
+from experiments.data import text, tokenizers
+from experiments.metrics import read_metrics
+from experiments.runner import ConfigError, train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+  """A small text with structure to learn: rhyming lines over a small alphabet."""
+  rng = np.random.default_rng(0)
+  words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "far", "away", "from", "my", "hat"]
+  lines = [" ".join(rng.choice(words, 6)) + "." for _ in range(600)]
+  path = tmp_path_factory.mktemp("text") / "corpus.txt"
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return str(path)
+
+
+def text_config(data_dir: str, corpus: str, tokenizer: str = "char", steps: int = 40):
+  """A tiny language model on the corpus: compiles and trains in seconds."""
+  c = base.get_config()
+  c.model.num_layers, c.model.d_model, c.model.num_heads = 1, 32, 2
+  c.data.task, c.data.dataset, c.data.text_files = "text", text.TEXT_FILES, corpus
+  c.data.tokenizer, c.data.vocab_size = tokenizer, (320 if tokenizer == "sentencepiece" else 0)
+  c.data.seq_len, c.data.data_dir, c.data.validation_fraction = 32, data_dir, 0.1
+  c.train.steps, c.train.batch_size, c.train.log_every = steps, 16, 5
+  c.train.eval_every, c.train.checkpoint_every = steps, 0
+  c.optimizer.warmup_steps, c.optimizer.learning_rate = 5, 1e-2
+  c.checkpoint.async_save = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def char_run(tfds_data_dir, corpus, tmp_path_factory) -> str:
+  workdir = str(tmp_path_factory.mktemp("char_run"))
+  train_and_evaluate(text_config(tfds_data_dir, corpus), workdir)
+  return workdir
+
+
+def test_a_char_run_learns_and_reports_bits_per_character(char_run):
+  final = [m for m in read_metrics(char_run) if "eval/loss" in m][-1]
+  vocab = tokenizers.load_from_workdir(char_run).vocab_size
+  assert final["eval/loss"] < math.log(vocab) - 1.0  # well below guessing uniformly
+  # One token per character (the validation text has no character the training text lacks).
+  assert final["eval/bits_per_char"] == pytest.approx(final["eval/loss"] / math.log(2), rel=1e-5)
+  assert final["eval/bits_per_byte"] == pytest.approx(final["eval/bits_per_char"], rel=1e-5)  # ASCII
+
+
+def test_the_run_keeps_its_tokenizer(char_run, corpus):
+  saved = tokenizers.load_from_workdir(char_run)
+  with open(corpus, encoding="utf-8") as f:
+    assert saved.alphabet == "".join(sorted(set(f.read()[: int(os.path.getsize(corpus) * 0.9)])))
+
+
+def test_sentencepiece_bits_per_character_count_the_characters(tfds_data_dir, corpus, tmp_path):
+  summary = train_and_evaluate(text_config(tfds_data_dir, corpus, "sentencepiece", steps=10), str(tmp_path))
+  final = summary["final"]
+  saved = tokenizers.load_from_workdir(str(tmp_path))
+  assert saved.vocab_size == 320
+  builder = text.prepare_builder(text.TEXT_FILES, tfds_data_dir, text_files=corpus, validation_fraction=0.1)
+  validation = "".join(text.split_texts(builder, "validation"))
+  ids = saved.encode(validation)
+  _, chars = tokenizers.byte_and_char_counts(saved)
+  predicted_chars = len(validation) - chars[ids[0]]  # the first token is context only
+  expected = final["eval/loss"] * (len(ids) - 1) / predicted_chars / math.log(2)
+  assert final["eval/bits_per_char"] == pytest.approx(expected, rel=1e-4)
+  assert len(ids) < 0.7 * len(validation)  # pieces, so bits per token differ from bits per character
+  assert final["eval/bits_per_char"] < final["eval/loss"] / math.log(2)
+
+
+def test_text_runs_resume_bitwise(tfds_data_dir, corpus, tmp_path):
+  straight = text_config(tfds_data_dir, corpus, steps=8)
+  straight.optimizer.decay_steps = 8
+  train_and_evaluate(straight, str(tmp_path / "straight"))
+  half = text_config(tfds_data_dir, corpus, steps=4)
+  half.optimizer.decay_steps = 8
+  train_and_evaluate(half, str(tmp_path / "resumed"))
+  train_and_evaluate(straight, str(tmp_path / "resumed"))
+  losses = lambda workdir: [(m["step"], m["train/loss"]) for m in read_metrics(workdir) if "train/loss" in m]
+  assert losses(str(tmp_path / "straight"))[-1] == losses(str(tmp_path / "resumed"))[-1]
+  assert losses(str(tmp_path / "straight"))[-1][0] == 8
+
+
+def test_evaluate_reads_the_checkpoint_and_the_text(char_run):
+  metrics = evaluate.evaluate(char_run)
+  final = [m for m in read_metrics(char_run) if "eval/loss" in m][-1]
+  assert metrics["step"] == final["step"]
+  assert metrics["eval/bits_per_char"] == pytest.approx(final["eval/bits_per_char"], rel=1e-6)
+
+
+def _sample(workdir: str, *flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={workdir}", *flags],
+                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_sample_command_streams_the_same_text_for_the_same_seed(char_run):
+  flags = ("--prompt=the cat", "--max_new_tokens=60", "--temperature=0.8", "--top_k=10")
+  first, again = _sample(char_run, *flags, "--seed=3"), _sample(char_run, *flags, "--seed=3")
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert first.stdout.startswith("the cat") and len(first.stdout) >= len("the cat") + 60
+  assert first.stdout == again.stdout  # (different seeds give different tokens: see test_sample.py)
+  bad = _sample(char_run, "--prompt=x", "--step=999")
+  assert bad.returncode == 2 and "no checkpoint at step 999" in bad.stderr
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("data.tokenizer", "words", "data.tokenizer='words' is unknown"),
+    ("data.vocab_size", 64, "data.vocab_size=64: the char tokenizer sets the vocabulary itself"),
+    ("data.text_files", "/nonexistent/*.txt", "data.text_files='/nonexistent/*.txt': matches no file"),
+    ("data.validation_fraction", 1.5, "data.validation_fraction=1.5 must be in (0, 1)"),
+    ("data.dataset", "not_a_dataset", "data.dataset='not_a_dataset': not in the TFDS catalog"),
+], ids=lambda x: str(x)[:20])
+def test_bad_text_settings_are_one_line_errors_and_write_nothing(tfds_data_dir, corpus, tmp_path, key, value, named):
+  config = text_config(tfds_data_dir, corpus)
+  section, field = key.split(".")
+  config[section][field] = value
+  workdir = tmp_path / "run"
+  with pytest.raises(ConfigError) as raised:
+    train_and_evaluate(config, str(workdir))
+  assert named in str(raised.value) and "\n" not in str(raised.value)
+  assert not workdir.exists()
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHAKESPEARE, "input.txt")),
+                    reason="../shared/data/tinyshakespeare/input.txt is absent (a user's clone)")
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
+                    reason="preparing the TFDS catalog's tiny_shakespeare needs tensorflow")
+def test_a_short_shakespeare_run_lowers_the_loss(tfds_data_dir, tmp_path):
+  config = shakespeare_char.get_config("cpu")
+  config.data.manual_dir, config.data.data_dir = SHAKESPEARE, tfds_data_dir
+  config.model.num_layers, config.model.d_model = 1, 64
+  config.train.steps, config.train.eval_every, config.train.log_every = 80, 40, 10
+  config.train.batch_size = 16
+  config.eval.max_batches = 20
+  config.optimizer.warmup_steps, config.optimizer.learning_rate = 10, 1e-2
+  config.checkpoint.async_save = False
+  train_and_evaluate(config, str(tmp_path))
+  evals = [m["eval/loss"] for m in read_metrics(str(tmp_path)) if "eval/loss" in m]
+  with open(os.path.join(SHAKESPEARE, "input.txt"), encoding="utf-8") as f:
+    _, counts = np.unique(list(f.read()), return_counts=True)
+  unigram_entropy = -(counts / counts.sum() * np.log(counts / counts.sum())).sum()  # about 3.2 nats
+  assert evals[-1] < evals[0] < math.log(66)
+  assert evals[-1] < unigram_entropy - 0.2, (evals, unigram_entropy)  # uses context, not only frequencies
