@@ -29,6 +29,7 @@ from experiments import validation
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLERS = ("grid", "random", "tpe")
 DIRECTIONS = ("minimize", "maximize")
+LOCATION_KEYS = ("data.data_dir", "data.manual_dir")  # where data live, not what a trial trains on: not in its id
 
 
 def load_config_file(spec: str) -> ConfigDict:
@@ -127,11 +128,13 @@ def slug(overrides: dict[str, Any], limit: int = 60) -> str:
 def trial_id(sweep: ConfigDict, overrides: dict[str, Any]) -> str:
   """The trial's directory name: a readable slug and a hash of the base config, fixed and varied overrides.
 
+  Overrides that only say where data live (LOCATION_KEYS) are left out of the hash.
+
   The same point of the same sweep always gets the same id, on any machine and in any order, so a rerun
   finds its checkpoints; changing the base or a fixed override gives new ids (never a silent mix).
   """
-  key = json.dumps({"base": sweep.base, "fixed": flatten(sweep.fixed), "overrides": overrides},
-                   sort_keys=True, default=str)
+  fixed = {k: v for k, v in flatten(sweep.fixed).items() if k not in LOCATION_KEYS}
+  key = json.dumps({"base": sweep.base, "fixed": fixed, "overrides": overrides}, sort_keys=True, default=str)
   return f"{slug(overrides)}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
