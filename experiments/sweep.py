@@ -14,7 +14,7 @@ What makes a rerun of the same command safe:
     and enqueued again with the same parameters: the rerun resumes it from its checkpoints.
   - A point whose workdir holds a completed summary.json is recorded from it without training again.
   - A trial that raises is recorded as FAIL with its error (user attribute `error`); the sweep goes on.
-Interrupted trials do not count towards `num_trials`, and failed ones are not retried.
+Interrupted trials do not count towards `num_trials`; failed ones are retried only with --retry_failed.
 """
 
 from __future__ import annotations
@@ -180,16 +180,32 @@ def _progress(study: optuna.Study, sweep: ConfigDict) -> dict[str, Any]:
   """Counts of the study: trials that count towards the sweep, points done, running and waiting."""
   state = optuna.trial.TrialState
   counted, done, running, waiting = 0, set(), set(), 0
-  for t in study.get_trials(deepcopy=False):
+  trials = study.get_trials(deepcopy=False)
+  retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+  for t in trials:
     if t.state == state.WAITING:
       waiting += 1
     elif t.state == state.RUNNING:
       running.add(t.user_attrs.get("trial_id", f"unclaimed {t.number}"))
-    elif t.state == state.COMPLETE or (t.state == state.FAIL and "interrupted" not in t.user_attrs):
+    elif t.state == state.COMPLETE or (t.state == state.FAIL and "interrupted" not in t.user_attrs
+                                       and t.number not in retried):
       if "trial_id" in t.user_attrs:
         counted += 1
         done.add(t.user_attrs["trial_id"])
   return {"counted": counted, "done": done, "running": running, "waiting": waiting}
+
+
+def retry_failed(study: optuna.Study, sweep: ConfigDict) -> int:
+  """Enqueues again the points of failed trials (not those already retried); returns how many."""
+  trials = study.get_trials(deepcopy=False)
+  retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+  count = 0
+  for t in trials:
+    if (t.state == optuna.trial.TrialState.FAIL and "interrupted" not in t.user_attrs and t.number not in retried
+        and len(t.params) == len(sweep_space.parameters(sweep))):
+      study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+      count += 1
+  return count
 
 
 def _remaining_grid(sweep: ConfigDict, progress: dict[str, Any]) -> list[dict[str, Any]]:
@@ -327,7 +343,8 @@ def _worker_process(sweep_dict: dict, sweepdir: str, storage_url: str, worker_in
   work(ConfigDict(sweep_dict), sweepdir, storage_url, worker_index)
 
 
-def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, workers: int = 1) -> dict[str, int]:
+def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, workers: int = 1,
+        retry: bool = False) -> dict[str, int]:
   """Validates every trial, then runs the sweep with `workers` processes (1: in this process).
 
   Args:
@@ -335,6 +352,7 @@ def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, worker
     sweepdir: the sweep's workdir.
     storage_url: Optuna storage (default: SQLite in sweepdir).
     workers: trials run in parallel, each in its own process.
+    retry: run the points of failed trials again (after fixing what made them fail).
 
   Returns:
     Counts of the study's trials by state (COMPLETE, FAIL, ...) after the run.
@@ -349,6 +367,8 @@ def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, worker
   storage_url = storage_url or default_storage(sweepdir)
   write_json(os.path.join(sweepdir, "sweep.json"), {**sweep.to_dict(), "storage": storage_url})
   study = open_study(sweep, storage_url)
+  if retry:
+    logging.warning("retrying %d failed trials", retry_failed(study, sweep))
   if workers <= 1:
     work(sweep, sweepdir, storage_url)
   else:
@@ -382,7 +402,7 @@ def main(argv):
   workers = args.workers if args.workers is not None else sweep.workers
   signal.signal(signal.SIGTERM, _raise_interrupt)
   try:
-    counts = run(sweep, args.workdir, args.storage, workers)
+    counts = run(sweep, args.workdir, args.storage, workers, args.retry_failed)
   except SweepError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
@@ -398,6 +418,7 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Directory of the sweep: trials/, study.db, results.")
   flags.DEFINE_integer("workers", None, "Trials run in parallel processes (default: the config's).")
   flags.DEFINE_string("storage", None, "Optuna storage URL (default: sqlite:///WORKDIR/study.db).")
+  flags.DEFINE_bool("retry_failed", False, "Run the points of failed trials again (failures are final otherwise).")
 
 
 if __name__ == "__main__":

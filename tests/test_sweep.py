@@ -67,6 +67,8 @@ def test_a_failing_trial_is_recorded_and_the_others_finish(tfds_data_dir, tmp_pa
   record = json.loads(open(os.path.join(tmp_path, "trials", failed.user_attrs["trial_id"], "trial.json")).read())
   assert record["status"] == "failed" and "NaN" in record["error"]
   assert sweep.run(s, str(tmp_path)) == {"COMPLETE": 1, "FAIL": 1}  # a failure is final, not retried
+  assert sweep.run(s, str(tmp_path), retry=True) == {"COMPLETE": 1, "FAIL": 2}  # unless asked: it fails again
+  assert sweep.run(s, str(tmp_path), retry=True) == {"COMPLETE": 1, "FAIL": 3}  # the latest failure is retried
 
 
 def test_invalid_trials_are_reported_before_anything_runs(tmp_path):
