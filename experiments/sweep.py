@@ -334,13 +334,17 @@ def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int =
         idle += 1
   except Interrupted as error:
     logging.warning("worker %d stopped: %s; rerun the same command to resume", worker_index, error)
+    raise KeyboardInterrupt from None
   return trained
 
 
 def _worker_process(sweep_dict: dict, sweepdir: str, storage_url: str, worker_index: int) -> None:
   # Warnings and errors only: a worker's INFO lines (orbax, TFDS) would bury the trials' own messages.
   logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_index}] %(levelname)s %(message)s")
-  work(ConfigDict(sweep_dict), sweepdir, storage_url, worker_index)
+  try:
+    work(ConfigDict(sweep_dict), sweepdir, storage_url, worker_index)
+  except KeyboardInterrupt:
+    sys.exit(130)  # the parent tells an interrupted worker from a crashed one by this status
 
 
 def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, workers: int = 1,
@@ -359,6 +363,7 @@ def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, worker
 
   Raises:
     SweepError: the sweep or a trial's config is invalid (nothing was run or written).
+    KeyboardInterrupt: a signal stopped the sweep (or a worker); rerunning resumes it.
   """
   errors = sweep_space.validate_trials(sweep)
   if errors:
@@ -386,6 +391,12 @@ def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, worker
           os.kill(process.pid, signal.SIGINT)
       for process in processes:
         process.join()
+      raise
+    codes = [process.exitcode for process in processes]
+    if any(code == 130 or (code is not None and code < 0) for code in codes):
+      raise KeyboardInterrupt  # a worker was stopped by a signal: the sweep is not done
+    if any(codes):
+      raise RuntimeError(f"sweep workers exited with status {codes}: see their messages above")
   counts: dict[str, int] = {}
   for t in study.get_trials(deepcopy=False):
     counts[t.state.name] = counts.get(t.state.name, 0) + 1
