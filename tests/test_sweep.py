@@ -13,7 +13,7 @@ import optuna
 import pytest
 from ml_collections import ConfigDict
 
-from experiments import sweep, sweep_space
+from experiments import sweep, sweep_space, validation
 from experiments.metrics import read_metrics
 from tests.helpers import postgres
 from tests.helpers.sweeps import tiny_sweep
@@ -202,8 +202,11 @@ def test_every_sweep_config_validates(name):
   import importlib
 
   module = importlib.import_module(f"configs.sweeps.{name}")
-  for scale in module.VARIANTS:
+  s = module.get_config()  # the CPU scale: every trial's config validates, and every trial has its own id
+  assert sweep_space.validate_trials(s, device_count=1) == [], name
+  ids = [sweep_space.trial_id(s, sweep_space.overrides_of(s, p)) for p in sweep_space.grid_points(s)]
+  assert len(set(ids)) == len(ids)
+  for scale in module.VARIANTS:  # other scales: the sweep itself and its first trial (each point costs a model)
     s = module.get_config(scale)
-    assert sweep_space.validate_trials(s, device_count=1) == [], (name, scale)
-    ids = [sweep_space.trial_id(s, sweep_space.overrides_of(s, p)) for p in sweep_space.grid_points(s)]
-    assert len(set(ids)) == len(ids)
+    first = sweep_space.trial_config(s, sweep_space.grid_points(s)[0])
+    assert sweep_space.check_sweep(s) + validation.validate(first, device_count=1, process_count=1) == [], scale
