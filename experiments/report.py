@@ -189,7 +189,7 @@ def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workd
   written.append("loss_curves.png")
 
   key = f"final {metric}"
-  ranked = [row for row in rows if row.get(key) is not None]
+  ranked = sorted((row for row in rows if row.get(key) is not None), key=lambda r: _sort_key(r, metric))
   if ranked:  # every trial by name: the one figure that shows zipped parameters (several paths) as they were set
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(ranked)))
     ax.barh(range(len(ranked)), [row[key] for row in ranked])
