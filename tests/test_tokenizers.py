@@ -56,6 +56,8 @@ def test_characters_outside_the_alphabet_are_token_zero():
   assert tokenizer.vocab_size == 4
   np.testing.assert_array_equal(tokenizer.encode("a😀zc"), [1, 0, 0, 3])
   assert tokenizer.decode([1, 0, 3]) == "a\ufffdc"
+  astral = tokenizers.train("char", ["a😀"])  # a character beyond the 16-bit lookup table
+  np.testing.assert_array_equal(astral.encode("😀a😀"), [2, 1, 2])
 
 
 @given(ANY_TEXT)
