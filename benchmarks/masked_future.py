@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import checkpoint, runner, validation
-from experiments.data import pipeline, tasks
+from experiments import checkpoint, runner
+from experiments.data import pipeline
 
 
 def sampled_accuracy(model, params, inputs_BL: np.ndarray, targets_BL: np.ndarray,
@@ -52,8 +52,8 @@ def measure(workdir: str, examples: int) -> dict | None:
   if config.data.task != "induction":
     return None
   model, params, step = checkpoint.load_model(workdir)
-  builder = tasks.prepare(config.data.task, runner.data_dir(config), **validation.task_sizes(config.data))
-  batch = next(iter(pipeline.eval_batches(builder, batch_size=examples)))
+  data = runner.load_data(config)
+  batch = next(iter(pipeline.eval_batches(data.validation, batch_size=examples)))
   forced, sampled = sampled_accuracy(model, params, np.asarray(batch["inputs"]), np.asarray(batch["targets"]),
                                      np.asarray(batch["weights"]))
   summary_path = os.path.join(workdir, "summary.json")
