@@ -388,7 +388,8 @@ def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, worker
     except KeyboardInterrupt:  # the workers got the signal too if it came from a terminal; make sure
       for process in processes:
         if process.is_alive():
-          os.kill(process.pid, signal.SIGINT)
+          # SIGTERM, not SIGINT: a process started in the background ignores SIGINT outside training.
+          os.kill(process.pid, signal.SIGTERM)
       for process in processes:
         process.join()
       raise
