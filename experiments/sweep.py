@@ -113,6 +113,21 @@ def claim(trial_dir: str):
     handle.close()
 
 
+@contextlib.contextmanager
+def _ask_lock(sweepdir: str):
+  """Serializes `study.ask()` among the processes sharing sweepdir.
+
+  Popping a queued (WAITING) trial is a read then a write; PostgreSQL and MySQL lock the row (SELECT ... FOR
+  UPDATE), SQLite does not, so two local workers could both pop the same queued trial.
+  """
+  with open(os.path.join(sweepdir, ".ask.lock"), "a+", encoding="utf-8") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def read_json(path: str) -> dict | None:
   try:
     with open(path, encoding="utf-8") as f:
@@ -246,6 +261,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
   trial_dir = os.path.join(sweepdir, "trials", point)
   with claim(trial_dir) as owned:
     if not owned:  # another live process trains this point (a race of two workers on one grid point)
+      if study._storage.get_trial(trial._trial_id).user_attrs.get("trial_id") == point:  # pylint: disable=protected-access
+        return False  # this very trial, popped twice: its owner tells the study
       trial.set_user_attr("duplicate_of", point)
       study.tell(trial, state=optuna.trial.TrialState.PRUNED)
       return False
@@ -328,7 +345,9 @@ def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int =
       if idle > max_idle:  # every point asked for lately was trained already: the sampler has nothing new
         logging.warning("worker %d: %d trials in a row were already done; stopping", worker_index, idle)
         break
-      if run_trial(study, study.ask(), sweep, sweepdir):
+      with _ask_lock(sweepdir):  # one local worker at a time takes a trial (see _ask_lock)
+        trial = study.ask()
+      if run_trial(study, trial, sweep, sweepdir):
         trained, idle = trained + 1, 0
       else:
         idle += 1
