@@ -1,0 +1,24 @@
+"""Positions: learned, sinusoidal, RoPE and none, on associative recall.
+
+  python -m experiments.sweep --config=configs/sweeps/positions.py --workdir=runs/positions --workers=2
+
+On configs/default.py (RoPE there), shortened to STEPS steps. Recall needs a previous-token head; without
+positions a causal model can only infer order from the mask itself.
+"""
+
+from configs.sweeps import common
+
+VARIANTS = common.SCALES
+STEPS = 400  # the default config leaves its plateau at chance after 300-500 steps
+
+
+def get_config(scale: str | None = None):
+  """The positions sweep at `scale` ('cpu' or 'accel')."""
+  scale = common.check_scale(scale)
+  c = common.sweep_config("positions")
+  c.fixed = common.recall_fixed(scale, STEPS)
+  c.parameters = [{"path": "model.positions", "values": ["learned", "sinusoidal", "rope", "none"]}]
+  c.metric = "eval/accuracy"
+  c.direction = "maximize"
+  c.workers = 2
+  return c

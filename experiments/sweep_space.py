@@ -1,0 +1,227 @@
+"""What a sweep config describes, as plain data: its parameters, its grid, each trial's overrides and id.
+
+Pure functions of the sweep config (no Optuna, no training), shared by experiments/sweep.py (the engine)
+and experiments/report.py. A sweep config's `parameters` is a list of entries, each one of:
+
+  {"path": "model.num_heads", "values": [1, 2, 4]}              grid values (random/TPE: choices)
+  {"paths": ["model.num_heads", "model.head_dim"],
+   "values": [[1, 32], [2, 16]]}                                 zipped: the paths change together
+  {"path": "optimizer.learning_rate", "low": 1e-4, "high": 1e-2,
+   "log": True}                                                  a range (random/TPE only); "int": True
+                                                                 for integers
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import sys
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from experiments import validation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLERS = ("grid", "random", "tpe")
+DIRECTIONS = ("minimize", "maximize")
+LOCATION_KEYS = ("data.data_dir", "data.manual_dir")  # where data live, not what a trial trains on: not in its id
+
+
+def load_config_file(spec: str) -> ConfigDict:
+  """Calls get_config() (or get_config(arg)) of `path.py[:arg]`, a path relative to the cwd or the repo."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path) and os.path.exists(os.path.join(REPO, path)):
+    path = os.path.join(REPO, path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path!r} not found")
+  if REPO not in sys.path:  # config files import `configs.base`
+    sys.path.insert(0, REPO)
+  name = "sweep_config_" + re.sub(r"\W", "_", os.path.abspath(path))
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def flatten(section: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """{"train": {"steps": 3}} -> {"train.steps": 3}."""
+  flat = {}
+  for key, value in (section.items() if section is not None else ()):
+    if isinstance(value, (ConfigDict, dict)):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def entry_name(entry: dict) -> str:
+  """The Optuna parameter name of an entry: its path, or its paths joined by '+'."""
+  return entry["path"] if "path" in entry else "+".join(entry["paths"])
+
+
+def entry_paths(entry: dict) -> list[str]:
+  return [entry["path"]] if "path" in entry else list(entry["paths"])
+
+
+def parameters(sweep: ConfigDict) -> list[dict]:
+  """The sweep's parameter entries as plain dicts."""
+  return [dict(entry) for entry in (sweep.parameters or ())]
+
+
+def encode(entry: dict, value: Any) -> Any:
+  """The Optuna value of one choice: itself, or for zipped paths a JSON string (Optuna stores scalars)."""
+  return json.dumps(list(value)) if "paths" in entry else value
+
+
+def decode(entry: dict, value: Any) -> dict[str, Any]:
+  """The overrides {path: value} of one Optuna value of an entry."""
+  if "paths" in entry:
+    return dict(zip(entry["paths"], json.loads(value)))
+  return {entry["path"]: value}
+
+
+def overrides_of(sweep: ConfigDict, params: dict[str, Any]) -> dict[str, Any]:
+  """The varied overrides {path: value} of a trial from its Optuna params (fixed ones not included)."""
+  overrides = {}
+  for entry in parameters(sweep):
+    overrides.update(decode(entry, params[entry_name(entry)]))
+  return overrides
+
+
+def grid_space(sweep: ConfigDict) -> dict[str, list]:
+  """The search space of Optuna's GridSampler: {parameter name: [Optuna values]}."""
+  return {entry_name(e): [encode(e, v) for v in e["values"]] for e in parameters(sweep)}
+
+
+def grid_points(sweep: ConfigDict) -> list[dict[str, Any]]:
+  """Every point of a grid as Optuna params, in a fixed order."""
+  space = grid_space(sweep)
+  names = sorted(space)
+  return [dict(zip(names, values)) for values in itertools.product(*(space[n] for n in names))]
+
+
+def corner_points(sweep: ConfigDict) -> list[dict[str, Any]]:
+  """Points that check a random/TPE space: each choice and each range end, one entry at a time."""
+  entries = parameters(sweep)
+  first = {entry_name(e): (encode(e, e["values"][0]) if "values" in e else e["low"]) for e in entries}
+  points = [first]
+  for e in entries:
+    options = [encode(e, v) for v in e["values"]] if "values" in e else [e["low"], e["high"]]
+    points.extend({**first, entry_name(e): option} for option in options[1:])
+  return points
+
+
+def slug(overrides: dict[str, Any], limit: int = 60) -> str:
+  """A short readable name from the overrides: last path component and value, e.g. num_heads-4_head_dim-8."""
+  parts = []
+  for path, value in overrides.items():
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    parts.append(f"{path.rsplit('.', 1)[-1]}-{text}")
+  return re.sub(r"[^A-Za-z0-9_.-]", "", "_".join(parts))[:limit] or "trial"
+
+
+def trial_id(sweep: ConfigDict, overrides: dict[str, Any]) -> str:
+  """The trial's directory name: a readable slug and a hash of the base config, fixed and varied overrides.
+
+  Overrides that only say where data live (LOCATION_KEYS) are left out of the hash.
+
+  The same point of the same sweep always gets the same id, on any machine and in any order, so a rerun
+  finds its checkpoints; changing the base or a fixed override gives new ids (never a silent mix).
+  """
+  fixed = {k: v for k, v in flatten(sweep.fixed).items() if k not in LOCATION_KEYS}
+  key = json.dumps({"base": sweep.base, "fixed": fixed, "overrides": overrides}, sort_keys=True, default=str)
+  return f"{slug(overrides)}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def apply(config: ConfigDict, overrides: dict[str, Any]) -> ConfigDict:
+  """A copy of the run config with {dotted path: value} set; unknown paths raise KeyError."""
+  config = ConfigDict(config.to_dict())
+  for path, value in overrides.items():
+    *sections, field = path.split(".")
+    node = config
+    for section in sections:
+      if section not in node or not isinstance(node[section], ConfigDict):
+        raise KeyError(f"{path}: no section {section!r} in the run config")
+      node = node[section]
+    if field not in node:
+      raise KeyError(f"{path}: no key {field!r} in the run config")
+    try:
+      node[field] = value  # ConfigDict checks the type, as it does for a command-line override
+    except TypeError as error:
+      raise KeyError(f"{path}={value!r} does not fit the key's type: {error}") from None
+  return config
+
+
+def trial_config(sweep: ConfigDict, params: dict[str, Any]) -> ConfigDict:
+  """The run config of one trial: the base config, the fixed overrides, then the trial's own."""
+  config = apply(load_config_file(sweep.base), flatten(sweep.fixed))
+  return apply(config, overrides_of(sweep, params))
+
+
+def check_sweep(sweep: ConfigDict) -> list[str]:
+  """Problems of the sweep config itself (not of the trials' run configs), one line each."""
+  errors = []
+  if sweep.sampler not in SAMPLERS:
+    errors.append(f"sampler={sweep.sampler!r} is unknown: expected one of {', '.join(SAMPLERS)}")
+  if sweep.direction not in DIRECTIONS:
+    errors.append(f"direction={sweep.direction!r} must be 'minimize' or 'maximize'")
+  if not sweep.metric.startswith("eval/"):
+    errors.append(f"metric={sweep.metric!r}: expected an eval metric such as eval/loss or eval/accuracy")
+  entries = parameters(sweep)
+  if not entries:
+    errors.append("parameters is empty: give at least one path to vary")
+  for index, e in enumerate(entries):
+    where = f"parameters[{index}] ({entry_name(e) if ('path' in e or 'paths' in e) else '?'})"
+    if ("path" in e) == ("paths" in e):
+      errors.append(f"{where}: give exactly one of 'path' or 'paths'")
+      continue
+    if "values" in e:
+      if not e["values"]:
+        errors.append(f"{where}: 'values' is empty")
+      if "paths" in e and any(len(v) != len(e["paths"]) for v in e["values"]):
+        errors.append(f"{where}: every value must list one item per path ({len(e['paths'])})")
+    elif "low" in e and "high" in e:
+      if sweep.sampler == "grid":
+        errors.append(f"{where}: a range (low, high) needs sampler 'random' or 'tpe'; the grid sampler takes 'values'")
+      elif not e["low"] < e["high"] or (e.get("log") and e["low"] <= 0):
+        errors.append(f"{where}: need low < high (and low > 0 with log)")
+    else:
+      errors.append(f"{where}: give 'values' or 'low' and 'high'")
+  if sweep.sampler in ("random", "tpe") and sweep.num_trials < 1:
+    errors.append(f"num_trials={sweep.num_trials}: the {sweep.sampler} sampler needs num_trials >= 1")
+  return errors
+
+
+def validate_trials(sweep: ConfigDict, device_count: int | None = None) -> list[str]:
+  """Every problem of the sweep and of its trials' run configs, one line each, naming the trial.
+
+  A grid is checked point by point; a random or TPE space at each choice and at both ends of each range.
+  """
+  errors = check_sweep(sweep)
+  if errors:
+    return errors
+  try:
+    load_config_file(sweep.base)
+  except (FileNotFoundError, ValueError, TypeError) as error:
+    return [f"base={sweep.base!r}: {error}"]
+  points = grid_points(sweep) if sweep.sampler == "grid" else corner_points(sweep)
+  seen = set()
+  for params in points:
+    overrides = overrides_of(sweep, params)
+    name = slug(overrides)
+    try:
+      config = trial_config(sweep, params)
+    except KeyError as error:
+      message = f"{error.args[0] if error.args else error} (a sweep parameter or fixed override)"
+    else:
+      problems = validation.validate(config, device_count=device_count, process_count=1)
+      message = "\n".join(f"trial {name}: {line}" for line in problems)
+    if message and message not in seen:
+      seen.add(message)
+      errors.append(message)
+  return errors

@@ -1,0 +1,101 @@
+"""Tests of experiments.report on a finished sweep, a sweep still running, and a single run's workdir."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from experiments import report, sweep
+from experiments.runner import train_and_evaluate
+from experiments.sweep_space import load_config_file
+from tests.helpers.sweeps import tiny_sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tfds_data_dir, tmp_path_factory) -> str:
+  """A two-trial sweep run to the end, shared by the tests of this file (they copy it before changing it)."""
+  sweepdir = str(tmp_path_factory.mktemp("finished_sweep"))
+  assert sweep.run(tiny_sweep(tfds_data_dir, values=(1, 2), steps=4), sweepdir) == {"COMPLETE": 2}
+  return sweepdir
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+def assert_png(path: str) -> None:
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_MAGIC, path
+  assert os.path.getsize(path) > 2000, path  # a drawn figure, not an empty canvas
+
+
+def test_report_of_a_finished_sweep(finished_sweep, tmp_path):
+  sweepdir = shutil.copytree(finished_sweep, tmp_path / "sweep")
+  result = report.report(str(sweepdir))
+  rows = read_csv(os.path.join(sweepdir, "results.csv"))
+  assert sorted(r["model.num_heads"] for r in rows) == ["1", "2"]
+  assert all(r["status"] == "completed" and r["step"] == "4" for r in rows)
+  losses = [float(r["final eval/loss"]) for r in rows]
+  assert losses == sorted(losses), "best (lowest eval/loss, the sweep's metric) first"
+  for r in rows:
+    summary = json.loads((sweepdir / "trials" / r["trial"] / "summary.json").read_text())
+    assert float(r["final eval/loss"]) == pytest.approx(summary["final"]["eval/loss"])
+    assert int(r["parameters"]) == summary["parameters"] and float(r["tokens/s"]) > 0
+  table = (sweepdir / "results.md").read_text()
+  assert table.startswith("2 trials (2 completed)") and table.count("| completed |") == 2
+  assert "eval_loss_vs_model_num_heads.png" in result["files"]
+  for name in result["files"]:
+    if name.endswith(".png"):
+      assert_png(os.path.join(sweepdir, name))
+
+
+def test_report_of_a_sweep_still_running(finished_sweep, tmp_path):
+  """A trial in progress (its claim held, no summary yet) and one whose process died (claim free)."""
+  sweepdir = shutil.copytree(finished_sweep, tmp_path / "sweep")
+  source = sorted((sweepdir / "trials").iterdir())[0]
+  lines = (source / "metrics.jsonl").read_text().splitlines()
+  for name in ("num_heads-4-running", "num_heads-8-dead"):
+    trial_dir = sweepdir / "trials" / name
+    trial_dir.mkdir()
+    shutil.copy(source / "config.json", trial_dir / "config.json")
+    (trial_dir / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")  # two steps logged, no eval yet
+    (trial_dir / "trial.json").write_text(json.dumps({"id": name, "status": "running",
+                                                      "overrides": {"model.num_heads": int(name.split("-")[1])}}))
+  with open(sweepdir / "trials" / "num_heads-4-running" / ".claim", "a+") as claim:
+    fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live worker holds it
+    report.report(str(sweepdir))
+  rows = {r["trial"]: r for r in read_csv(os.path.join(sweepdir, "results.csv"))}
+  assert len(rows) == 4
+  assert rows["num_heads-4-running"]["status"] == "running"
+  assert rows["num_heads-8-dead"]["status"] == "interrupted"
+  assert rows["num_heads-4-running"]["final eval/loss"] == "" and rows["num_heads-4-running"]["step"] == "2"
+  assert int(rows["num_heads-4-running"]["parameters"]) > 0  # counted from its config while it runs
+  assert [r["status"] for r in rows.values()][:2] == ["completed", "completed"], "finished trials rank first"
+  assert (sweepdir / "results.md").read_text().startswith("4 trials (2 completed, 1 interrupted, 1 running)")
+  assert_png(os.path.join(sweepdir, "loss_curves.png"))
+
+
+def test_report_of_a_single_run_from_the_command_line(tfds_data_dir, tmp_path):
+  s = tiny_sweep(tfds_data_dir, steps=3)
+  config = load_config_file("configs/default.py")
+  for section, values in s.fixed.items():
+    config[section].update(values)
+  train_and_evaluate(config, str(tmp_path))
+  result = subprocess.run([sys.executable, "-m", "experiments.report", f"--workdir={tmp_path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = read_csv(str(tmp_path / "results.csv"))
+  assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["step"] == "3"
+  assert "1 trials (1 completed)" in result.stdout
+  assert_png(str(tmp_path / "loss_curves.png"))
