@@ -80,6 +80,9 @@ def test_tokenized_streams_are_cached_and_decode_to_the_text(corpus_dir, tmp_pat
   assert cached.streams["validation"].filename == first.streams["validation"].filename  # read, not redone
   char = text.tokenize(builder, data_dir, ["train"], tokenizer="char")
   assert char.tokenizer.vocab_size == len(set("".join(text.split_texts(builder, "train")))) + 1
+  fit_on_validation = text.tokenize(builder, data_dir, ["train"], tokenizer="char", train_split="validation")
+  assert fit_on_validation.streams["train"].filename != char.streams["train"].filename  # its own cache
+  assert fit_on_validation.tokenizer.vocab_size == len(set("".join(text.split_texts(builder, "validation")))) + 1
   assert not [name for name in os.listdir(os.path.dirname(first.streams["train"].filename)) if name.startswith(".")]
 
 

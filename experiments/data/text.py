@@ -16,7 +16,7 @@ newline where one is missing). "+" joins splits: tiny_shakespeare's `validation+
 nanoGPT's validation text (the last 10% of input.txt; `train` is its first 90%).
 
 The tokenizer is trained on the training split; it and each tokenized split are cached under
-`<data_dir>/lm_tokens/<dataset>/<config>/<version>/<tokenizer>/` and written atomically, so runs
+`<data_dir>/lm_tokens/<dataset>/<config>/<version>/<tokenizer>.<feature>.fit_on-<split>/`, written atomically, so runs
 on the same data share them and an interrupted preparation never leaves a partial file behind.
 
 Sources (random access, as `pipeline` reads them):
@@ -223,7 +223,9 @@ def tokenize(builder: tfds.core.DatasetBuilder, data_dir: str, splits: Sequence[
              vocab_size: int = 0, sentencepiece_type: str = "bpe", train_split: str = "train",
              feature: str = "text") -> TokenizedText:
   """Trains (or reads from the cache) the tokenizer on `train_split` and the token streams of `splits`."""
-  directory = _cache_dir(builder, data_dir, tokenizer_key(tokenizer, vocab_size, sentencepiece_type))
+  # The tokenizer depends on the text it was fit on, so the split and the feature are part of the key.
+  key = f"{tokenizer_key(tokenizer, vocab_size, sentencepiece_type)}.{feature}.fit_on-{train_split}"
+  directory = _cache_dir(builder, data_dir, key)
   tokenizer_dir = os.path.join(directory, tokenizers.TOKENIZER_DIR)
   if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
     trained = tokenizers.train(tokenizer, split_texts(builder, train_split, feature), vocab_size=vocab_size,
