@@ -103,6 +103,15 @@ def write_json(path: str, value: Any) -> None:
   os.replace(tmp, path)
 
 
+def read_json(path: str) -> dict | None:
+  """The JSON object in `path`, or None while it does not exist or is not whole."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
 def read_metrics(workdir: str) -> list[dict[str, float]]:
   """Reads metrics.jsonl back (for reports and tests)."""
   path = os.path.join(workdir, "metrics.jsonl")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import json
 import math
 import os
 import re
@@ -20,18 +19,10 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.metrics import read_metrics
+from experiments.metrics import read_json, read_metrics
 
 EVAL_COLUMNS = ("eval/loss", "eval/accuracy")
 MAXIMIZED = ("eval/accuracy", "eval/sequence_accuracy")
-
-
-def _read_json(path: str) -> dict | None:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (FileNotFoundError, json.JSONDecodeError):
-    return None
 
 
 def _held(trial_dir: str) -> bool:
@@ -62,9 +53,9 @@ def _status(record: dict, summary: dict | None, trial_dir: str) -> str:
 
 def trial_row(trial_dir: str, paths: list[str]) -> dict[str, Any]:
   """One row of the table: the trial's status, swept values, final and best eval metrics, size, speed."""
-  record = _read_json(os.path.join(trial_dir, "trial.json")) or {}
-  summary = _read_json(os.path.join(trial_dir, "summary.json"))
-  config = _read_json(os.path.join(trial_dir, "config.json")) or {}
+  record = read_json(os.path.join(trial_dir, "trial.json")) or {}
+  summary = read_json(os.path.join(trial_dir, "summary.json"))
+  config = read_json(os.path.join(trial_dir, "config.json")) or {}
   metrics = read_metrics(trial_dir)
   row: dict[str, Any] = {"trial": record.get("id", os.path.basename(os.path.normpath(trial_dir))),
                          "status": _status(record, summary, trial_dir)}
@@ -100,7 +91,7 @@ def _count_parameters(config: dict) -> int | None:
 
 def collect(workdir: str) -> tuple[list[dict[str, Any]], list[str], str]:
   """The rows of a sweep's trials (or of one run), the swept paths, and the metric to rank by."""
-  sweep = _read_json(os.path.join(workdir, "sweep.json")) or {}
+  sweep = read_json(os.path.join(workdir, "sweep.json")) or {}
   paths: list[str] = []
   for entry in sweep.get("parameters", ()):
     paths.extend([entry["path"]] if "path" in entry else entry["paths"])
@@ -161,6 +152,21 @@ def slug_label(trial: str) -> str:
   return re.sub(r"-[0-9a-f]{8}$", "", trial)
 
 
+def _file_part(name: str) -> str:
+  """A metric or config path as part of a file name: eval/loss -> eval_loss."""
+  return re.sub(r"[^A-Za-z0-9]+", "_", name)
+
+
+def _save(fig, workdir: str, name: str) -> str:
+  """Lays out, writes and closes a figure; returns its file name."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, name), dpi=110)
+  plt.close(fig)
+  return name
+
+
 def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workdir: str) -> list[str]:
   """Writes loss_curves.png, <metric>_by_trial.png, <metric>_vs_parameters.png and <metric>_vs_<path>.png.
 
@@ -183,10 +189,7 @@ def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workd
   ax.set_title(f"training loss of {len(rows)} trials")
   if len(rows) <= 20:
     ax.legend(fontsize=6, loc="upper right")
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "loss_curves.png"), dpi=110)
-  plt.close(fig)
-  written.append("loss_curves.png")
+  written.append(_save(fig, workdir, "loss_curves.png"))
 
   key = f"final {metric}"
   ranked = sorted((row for row in rows if row.get(key) is not None), key=lambda r: _sort_key(r, metric))
@@ -197,11 +200,7 @@ def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workd
     ax.invert_yaxis()
     ax.set_xlabel(key)
     ax.set_title(f"{key} of each trial", fontsize=9)
-    fig.tight_layout()
-    name = f"{re.sub(r'[^A-Za-z0-9]+', '_', metric)}_by_trial.png"
-    fig.savefig(os.path.join(workdir, name), dpi=110)
-    plt.close(fig)
-    written.append(name)
+    written.append(_save(fig, workdir, f"{_file_part(metric)}_by_trial.png"))
   sizes = [row for row in ranked if row.get("parameters")]
   if len({row["parameters"] for row in sizes}) > 1:  # the metric against model size (value rank, heads at fixed K)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -211,11 +210,7 @@ def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workd
     ax.set_xlabel("parameters")
     ax.set_ylabel(key)
     ax.set_title(f"{key} against parameter count", fontsize=9)
-    fig.tight_layout()
-    name = f"{re.sub(r'[^A-Za-z0-9]+', '_', metric)}_vs_parameters.png"
-    fig.savefig(os.path.join(workdir, name), dpi=110)
-    plt.close(fig)
-    written.append(name)
+    written.append(_save(fig, workdir, f"{_file_part(metric)}_vs_parameters.png"))
   for path in paths:
     points = [(row.get(path), row[key]) for row in rows if row.get(key) is not None]
     if not points:
@@ -233,11 +228,7 @@ def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workd
     ax.set_xlabel(path)
     ax.set_ylabel(key)
     ax.set_title(f"{key} against {path} ({len(points)} trials)", fontsize=9)
-    fig.tight_layout()
-    name = f"{re.sub(r'[^A-Za-z0-9]+', '_', metric)}_vs_{re.sub(r'[^A-Za-z0-9]+', '_', path)}.png"
-    fig.savefig(os.path.join(workdir, name), dpi=110)
-    plt.close(fig)
-    written.append(name)
+    written.append(_save(fig, workdir, f"{_file_part(metric)}_vs_{_file_part(path)}.png"))
   return written
 
 

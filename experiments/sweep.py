@@ -36,7 +36,7 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from experiments import sweep_space
-from experiments.metrics import write_json
+from experiments.metrics import read_json, write_json
 
 TRIAL_FILE = "trial.json"  # written by the sweep in each trial's workdir: status, parameters, error
 CLAIM_FILE = ".claim"
@@ -126,14 +126,6 @@ def _ask_lock(sweepdir: str):
       yield
     finally:
       fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def read_json(path: str) -> dict | None:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (FileNotFoundError, json.JSONDecodeError):
-    return None
 
 
 def _record(trial_dir: str, **fields: Any) -> None:
