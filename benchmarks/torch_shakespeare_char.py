@@ -2,6 +2,7 @@ r"""A PyTorch GPT trained with nanoGPT's Shakespeare-character CPU recipe, measu
 
   pip install torch   # not a dependency of the project: only this comparison needs it
   python benchmarks/torch_shakespeare_char.py --input=../shared/data/tinyshakespeare/input.txt [--seed=1337]
+  python benchmarks/torch_shakespeare_char.py --steps=300 --time_only   # speed only (benchmarks/train_step.py)
 
 The question it answers: what validation loss does nanoGPT's recipe reach when the loss is averaged over
 every character of the validation text (as `experiments` reports it), rather than estimated from 20
@@ -99,6 +100,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--input", default=os.path.join("..", "shared", "data", "tinyshakespeare", "input.txt"))
   parser.add_argument("--seed", type=int, default=1337)
+  parser.add_argument("--steps", type=int, default=STEPS, help="steps to run (the schedule stays 2,000 long)")
+  parser.add_argument("--time_only", action="store_true", help="skip the validation losses")
   args = parser.parse_args()
   torch.manual_seed(args.seed)
   with open(args.input, encoding="utf-8") as f:
@@ -116,7 +119,7 @@ def main():
                                 lr=PEAK_LR, betas=(0.9, 0.99))
   generator = torch.Generator().manual_seed(args.seed)
   times = []
-  for step in range(STEPS):
+  for step in range(args.steps):
     for group in optimizer.param_groups:
       group["lr"] = learning_rate(step)
     inputs, targets = random_windows(train, generator)
@@ -128,10 +131,12 @@ def main():
     optimizer.step()
     times.append(time.perf_counter() - start)
   model.eval()
-  full = full_split_loss(model, validation)
-  with torch.no_grad():
-    estimate = statistics.mean(model(*random_windows(validation, generator)).mean().item() for _ in range(20))
-  step_ms = 1e3 * statistics.median(times)
+  full = estimate = float("nan")
+  if not args.time_only:
+    full = full_split_loss(model, validation)
+    with torch.no_grad():
+      estimate = statistics.mean(model(*random_windows(validation, generator)).mean().item() for _ in range(20))
+  step_ms = 1e3 * statistics.median(times[len(times) // 10:])  # the first tenth warms up
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}; seed {args.seed}\n")
   print("| full-split val loss | 20-batch estimate | median step ms | tokens/s |")

@@ -1,92 +1,112 @@
-r"""Train-step time, tokens/s, compile time, memory and MFU for a few model sizes and attention implementations.
+r"""Speed of a recipe's train step through the runner: step time, tokens/s, MFU, data wait, compile, memory.
 
-  python -m benchmarks.train_step [--sizes=tiny,small] [--impls=reference,chunked,auto] [--steps=10]
+  python -m benchmarks.train_step --config=configs/shakespeare_char.py:cpu \
+      --config.data.manual_dir=../shared/data/tinyshakespeare [--steps=300] [--torch_python=/path/to/python]
+  python -m benchmarks.train_step --config=configs/shakespeare_char.py --steps=6 --log_every=1   # big recipe
 
-Uses the runner's own Trainer (the general code path every ablation uses) on the associative-recall
-task at each size's sequence length. Prints a Markdown table with the machine and library versions.
+Trains `--steps` steps of the config with the runner itself (the code path every run uses), logging
+every `--log_every` steps, then reads the step times the runner recorded. The first logged interval
+holds the compilation and is left out of the medians. With --torch_python, the same number of steps of
+benchmarks/torch_shakespeare_char.py (nanoGPT's CPU recipe in PyTorch) runs in that interpreter right
+after, so the ratio of the two is measured in one run. Prints a Markdown table with the machine,
+library versions and settings.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
-import time
 
 import jax
+import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
-from configs import base
-from experiments import sharding, validation
-from experiments.metrics import device_peak_flops
-from experiments.runner import Trainer
-from transformer.accounting import flops_per_token, parameter_counts
+from experiments import host
+from experiments.metrics import device_peak_flops, read_metrics
+from experiments.runner import train_and_evaluate
 
-SIZES = {
-    # name: (layers, d_model, heads, seq_len, batch)
-    "tiny": (2, 64, 2, 64, 32),
-    "small": (4, 128, 4, 64, 12),  # nanoGPT's CPU Shakespeare shape
-    "medium": (6, 384, 6, 256, 8),
-}
-
-_SIZES = flags.DEFINE_list("sizes", ["tiny", "small"], f"Model sizes among {', '.join(SIZES)}.")
-_IMPLS = flags.DEFINE_list("impls", ["reference", "chunked", "auto"], "Attention implementations.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per configuration (after one warm-up step).")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py:cpu", "Config of the recipe.")
+_STEPS = flags.DEFINE_integer("steps", 300, "Steps to train (the recipe's schedule length is kept).")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps per timed interval.")
+_KEEP_FREED = flags.DEFINE_bool("keep_freed_memory", True, "Apply host.keep_freed_memory, as the train command does.")
+_TORCH_PYTHON = flags.DEFINE_string("torch_python", "", "A Python with torch: also time the PyTorch CPU recipe "
+                                    "(with configs/shakespeare_char.py:cpu only).")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def benchmark(size: str, impl: str, steps: int, dtype: str, data_dir: str) -> dict[str, float]:
-  layers, width, heads, seq_len, batch = SIZES[size]
-  c = base.get_config()
-  c.model.num_layers, c.model.d_model, c.model.num_heads = layers, width, heads
-  c.model.attention_impl, c.model.dtype, c.model.chunk_size = impl, dtype, min(64, seq_len)
-  c.data.seq_len, c.data.vocab_size, c.data.num_train, c.data.num_validation = seq_len, 64, 2048, 64
-  c.data.data_dir = data_dir
-  c.train.batch_size, c.train.steps, c.optimizer.warmup_steps = batch, steps + 1, 1
-  config = validation.resolve(c)
-  trainer = Trainer(config, data_dir)
-  state = trainer.initial_state()
-  iterator = trainer.new_train_iterator()
-  batch_arrays = sharding.global_batch(next(iterator), trainer.mesh)
-  start = time.perf_counter()
-  compiled = trainer.train_step.lower(state, batch_arrays).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  peak_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
-                if memory is not None else float("nan"))
-  state, metrics = compiled(state, batch_arrays)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    batch_arrays = sharding.global_batch(next(iterator), trainer.mesh)
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch_arrays)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  step_s = statistics.median(times)
-  tokens_per_s = batch * seq_len / step_s
-  return {"params": parameter_counts(trainer.model_config)["total"], "compile_s": compile_s, "step_ms": 1e3 * step_s,
-          "spread_ms": 1e3 * (max(times) - min(times)), "tokens_per_s": tokens_per_s, "peak_mib": peak_bytes / 2**20,
-          "flops_token": flops_per_token(trainer.model_config, seq_len)}
+def time_recipe(config, steps: int, log_every: int) -> dict[str, float]:
+  """Trains `steps` steps in a fresh workdir and summarizes the runner's perf metrics."""
+  config = config.copy_and_resolve_references()
+  t = config.train
+  t.log_every, t.eval_every, t.checkpoint_every = log_every, 0, 0
+  config.optimizer.decay_steps = config.optimizer.decay_steps or t.steps  # the recipe's schedule, whatever the steps
+  t.steps = steps
+  config.eval.max_batches = 1  # the run evaluates once at the end; that is not what is timed
+  with tempfile.TemporaryDirectory() as workdir:
+    summary = train_and_evaluate(config, workdir)
+    logged = [m for m in read_metrics(workdir) if "perf/step_time" in m]
+  first, timed = logged[0], logged[1:]
+  step_s = np.array([m["perf/step_time"] for m in timed])
+  median = float(np.median(step_s))
+  tokens = t.batch_size * config.data.seq_len
+  return {
+      "parameters": summary["parameters"], "flops_per_token": summary["flops_per_token"],
+      "step_ms": 1e3 * median, "p10_ms": 1e3 * float(np.percentile(step_s, 10)),
+      "p90_ms": 1e3 * float(np.percentile(step_s, 90)), "tokens_per_s": tokens / median,
+      "data_wait": float(np.mean([m["perf/data_wait_fraction"] for m in timed])),
+      # The first interval is compilation plus log_every steps.
+      "compile_s": first["perf/step_time"] * log_every - log_every * median,
+      "intervals": len(timed),
+  }
+
+
+def time_torch(python: str, steps: int) -> tuple[float, str]:
+  """Median step ms of the PyTorch recipe in another interpreter, and its version line."""
+  out = subprocess.run([python, os.path.join(REPO, "benchmarks", "torch_shakespeare_char.py"), f"--steps={steps}",
+                        "--time_only"], check=True, capture_output=True, text=True, cwd=REPO).stdout
+  row = [line for line in out.splitlines() if line.startswith("| nan")][0]
+  step_ms = float(row.split("|")[3])
+  return step_ms, re.search(r"torch [^,]+", out).group(0)
 
 
 def main(argv):
-  del argv
-  peak, source = device_peak_flops(_DTYPE.value)
-  print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
-        f"devices {jax.devices()}; jax {jax.__version__}; {platform.python_version()}")
-  print(f"peak: {peak / 1e9:,.1f} GFLOP/s ({source}); dtype {_DTYPE.value}; {_STEPS.value} timed steps, median\n")
-  print("| size | impl | params | compile s | step ms (spread) | tokens/s | memory MiB | MFU |")
-  print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-  with tempfile.TemporaryDirectory() as data_dir:
-    for size in _SIZES.value:
-      for impl in _IMPLS.value:
-        r = benchmark(size, impl, _STEPS.value, _DTYPE.value, data_dir)
-        mfu = r["flops_token"] * r["tokens_per_s"] / peak
-        print(f"| {size} | {impl} | {r['params']:,} | {r['compile_s']:.1f} | {r['step_ms']:.1f} "
-              f"({r['spread_ms']:.1f}) | {r['tokens_per_s']:,.0f} | {r['peak_mib']:.1f} | {100 * mfu:.1f}% |",
-              flush=True)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  kept = host.keep_freed_memory() if _KEEP_FREED.value else False
+  config = _CONFIG.value
+  peak, source = device_peak_flops(config.model.dtype)
+  result = time_recipe(config, _STEPS.value, _LOG_EVERY.value)
+  peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  m, t = config.model, config.train
+  print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, devices {jax.devices()}; jax {jax.__version__}, "
+        f"Python {platform.python_version()}; malloc keeps freed memory: {kept}")
+  print(f"recipe: {m.num_layers} layers, {m.num_heads} heads, width {m.d_model}, context {config.data.seq_len}, "
+        f"batch {t.batch_size}, attention {m.attention_impl}, dtype {m.dtype}, dropout {m.dropout_rate}, "
+        f"{t.steps_per_call} steps per call; {_STEPS.value} steps, {result['intervals']} timed intervals of "
+        f"{_LOG_EVERY.value}; peak {peak / 1e9:,.1f} GFLOP/s ({source})\n")
+  print("| implementation | params | median step ms (p10-p90) | tokens/s | MFU | data wait | compile s | peak RSS GiB |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+  mfu = result["flops_per_token"] * result["tokens_per_s"] / peak
+  print(f"| this project | {result['parameters']:,} | {result['step_ms']:.1f} ({result['p10_ms']:.1f}-"
+        f"{result['p90_ms']:.1f}) | {result['tokens_per_s']:,.0f} | {100 * mfu:.1f}% | "
+        f"{100 * result['data_wait']:.1f}% | {result['compile_s']:.1f} | {peak_rss_gib:.2f} |", flush=True)
+  if _TORCH_PYTHON.value:
+    if (m.num_layers, m.num_heads, m.d_model, config.data.seq_len, t.batch_size) != (4, 4, 128, 64, 12):
+      raise app.UsageError("--torch_python times nanoGPT's CPU recipe: use it with configs/shakespeare_char.py:cpu")
+    torch_ms, version = time_torch(_TORCH_PYTHON.value, _STEPS.value)
+    tokens = t.batch_size * config.data.seq_len
+    torch_mfu = result["flops_per_token"] * tokens / (torch_ms / 1e3) / peak
+    print(f"| PyTorch recipe ({version}) | | {torch_ms:.1f} | {tokens / (torch_ms / 1e3):,.0f} | "
+          f"{100 * torch_mfu:.1f}% | | | |")
+    print(f"\nthroughput ratio, this project / PyTorch: {torch_ms / result['step_ms']:.2f}x")
+  sys.stdout.flush()
 
 
 if __name__ == "__main__":

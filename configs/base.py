@@ -86,6 +86,8 @@ def get_config() -> config_dict.ConfigDict:
   t.batch_size = 64  # global batch (all processes and devices together)
   t.seed = 0  # seed of init, dropout and data order
   t.log_every = 50  # steps between logged training metrics (the only host syncs)
+  # Steps per compiled call (a scan over stacked batches); calls end at every log, eval and checkpoint step.
+  t.steps_per_call = 10
   t.eval_every = 500  # steps between evaluations (0: only at the end)
   t.checkpoint_every = 500  # steps between checkpoints (0: only at the end)
 

@@ -25,7 +25,7 @@ from experiments import checkpoint, sharding, training_probes, validation
 from experiments.data import datasets, pipeline, tokenizers
 from experiments.metrics import MetricWriter, device_peak_flops, write_json
 from experiments.optimizer import learning_rate_schedule, make_optimizer
-from experiments.steps import TrainState, eval_step, summarize_eval, train_step
+from experiments.steps import TrainState, eval_step, summarize_eval, train_steps
 from transformer import TransformerLM
 from transformer.accounting import flops_per_token, parameter_counts
 
@@ -123,13 +123,27 @@ class Preemption:
 
 
 def _mean_metrics(pending: list[tuple[int, dict[str, jax.Array]]]) -> tuple[dict[str, float], int | None]:
-  """Averages the steps' metrics fetched in one transfer; returns them and the first non-finite step."""
-  steps = [step for step, _ in pending]
+  """Averages the steps' metrics fetched in one transfer; returns them and the first non-finite step.
+
+  `pending` holds (first step, metrics stacked one row a step) for each compiled call since the last fetch.
+  """
   values = jax.device_get([metrics for _, metrics in pending])
-  bad = [step for step, m in zip(steps, values) if not np.isfinite(m["train/loss"])]
-  mean = {k: float(np.mean([m[k] for m in values])) for k in values[0] if k != "train/tokens"}
-  mean["train/learning_rate"] = float(values[-1]["train/learning_rate"])
+  bad = [first + int(np.argmin(np.isfinite(m["train/loss"]))) for (first, _), m in zip(pending, values)
+         if not np.isfinite(m["train/loss"]).all()]
+  mean = {k: float(np.mean(np.concatenate([m[k] for m in values]))) for k in values[0] if k != "train/tokens"}
+  mean["train/learning_rate"] = float(values[-1]["train/learning_rate"][-1])
   return mean, (bad[0] if bad else None)
+
+
+def steps_in_call(train: ConfigDict, step: int) -> int:
+  """Steps in the compiled call after `step`: up to train.steps_per_call, ending at the next step that
+  logs, evaluates or checkpoints, and at the last. A function of the step alone, so a resumed run makes
+  the same calls as one that never stopped."""
+  end = min(step + train.steps_per_call, train.steps)
+  for every in (train.log_every, train.eval_every, train.checkpoint_every):
+    if every:
+      end = min(end, (step // every + 1) * every)
+  return end - step
 
 
 def load_data(config: ConfigDict) -> datasets.Data:
@@ -189,11 +203,12 @@ class Trainer:
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         jax.eval_shape(init_state, t.seed), self.state_shardings)
     batch_sharding = sharding.batch_sharding(self.mesh)
-    self.train_step = jax.jit(
-        functools.partial(train_step, model=self.model, tx=self.tx,
+    # Steps over stacked batches (see steps.train_steps); one compilation per number of steps per call.
+    self.train_steps = jax.jit(
+        functools.partial(train_steps, model=self.model, tx=self.tx,
                           accumulation_steps=config.optimizer.accumulation_steps, schedule=self.schedule),
-        in_shardings=(self.state_shardings, batch_sharding), out_shardings=(self.state_shardings, replicated),
-        donate_argnums=0)
+        in_shardings=(self.state_shardings, sharding.stacked_batch_sharding(self.mesh)),
+        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
     self.eval_step = jax.jit(functools.partial(eval_step, model=self.model),
                              in_shardings=(self.param_shardings, batch_sharding), out_shardings=replicated)
 
@@ -336,15 +351,16 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
   with Preemption() as preemption:
     step = first_step
     while step < t.steps:
+      count = steps_in_call(t, step)
       wait_start = time.perf_counter()
-      batch = sharding.global_batch(next(iterator), trainer.mesh)
+      batches = sharding.global_batches([next(iterator) for _ in range(count)], trainer.mesh)
       data_wait += time.perf_counter() - wait_start
-      state, metrics = trainer.train_step(state, batch)
-      step += 1
-      timer_steps += 1
-      pending.append((step, metrics))
+      state, metrics = trainer.train_steps(state, batches)
+      pending.append((step + 1, metrics))
+      step += count
+      timer_steps += count
       if bar is not None:
-        bar.update(1)
+        bar.update(count)
       final = step == t.steps
       if step % t.log_every == 0 or final:
         flush(step)

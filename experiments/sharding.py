@@ -91,6 +91,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Several steps' batches stacked on a leading axis: that axis whole, the batch axis split."""
+  return NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
@@ -99,3 +104,10 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   """Assembles each process's rows into one global array per feature, sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, value) for name, value in local_batch.items()}
+
+
+def global_batches(local_batches: list[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, jax.Array]:
+  """Several steps' local batches as global arrays [steps, batch, ...] (see stacked_batch_sharding)."""
+  sharding = stacked_batch_sharding(mesh)
+  return {name: jax.make_array_from_process_local_data(sharding, np.stack([b[name] for b in local_batches]))
+          for name in local_batches[0]}

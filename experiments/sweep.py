@@ -35,7 +35,7 @@ import optuna
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from experiments import sweep_space
+from experiments import host, sweep_space
 from experiments.metrics import read_json, write_json
 
 TRIAL_FILE = "trial.json"  # written by the sweep in each trial's workdir: status, parameters, error
@@ -352,6 +352,7 @@ def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int =
 def _worker_process(sweep_dict: dict, sweepdir: str, storage_url: str, worker_index: int) -> None:
   # Warnings and errors only: a worker's INFO lines (orbax, TFDS) would bury the trials' own messages.
   logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_index}] %(levelname)s %(message)s")
+  host.keep_freed_memory()
   try:
     work(ConfigDict(sweep_dict), sweepdir, storage_url, worker_index)
   except KeyboardInterrupt:
@@ -424,6 +425,7 @@ def main(argv):
   sweep = args.config
   workers = args.workers if args.workers is not None else sweep.workers
   signal.signal(signal.SIGTERM, _raise_interrupt)
+  host.keep_freed_memory()  # for trials run in this process (workers <= 1); spawned workers apply it themselves
   try:
     counts = run(sweep, args.workdir, args.storage, workers, args.retry_failed)
   except SweepError as error:

@@ -145,6 +145,8 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
   check(t.steps >= 1, f"train.steps={t.steps} must be >= 1")
   check(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")
   check(t.log_every >= 1, f"train.log_every={t.log_every} must be >= 1")
+  check(t.steps_per_call >= 1,
+        f"train.steps_per_call={t.steps_per_call} must be >= 1 (1 = one step per compiled call)")
   check(t.eval_every >= 0, f"train.eval_every={t.eval_every} must be >= 0 (0 = only at the end)")
   check(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0 (0 = only at the end)")
   check(0 <= t.seed < 2**32, f"train.seed={t.seed} must be in [0, 2**32)")

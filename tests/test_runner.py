@@ -11,6 +11,8 @@ import time
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from configs import base
 from experiments import checkpoint, runner, validation
@@ -59,31 +61,67 @@ def test_loss_falls_on_every_task(task, tfds_data_dir, tmp_path):
   assert saved["model"]["vocab_size"] == 32 and saved["model"]["max_len"] == 24  # filled in from the data
 
 
-def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path):
-  """N steps, stop, resume for N more == 2N steps straight, on CPU, to the last bit."""
+@pytest.mark.parametrize("log_every, steps_per_call", [(1, 1), (6, 4)])
+def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path, log_every, steps_per_call):
+  """N steps, stop, resume for N more == 2N steps straight, on CPU, to the last bit (also with calls of
+  several steps, which must break at the same steps in both runs)."""
   n = 6
-  straight = tiny_config(tfds_data_dir, steps=2 * n)
-  straight.optimizer.decay_steps = 2 * n  # the schedule must not depend on where the run stops
-  straight.model.dropout_rate = 0.1  # dropout randomness must resume too
-  train_and_evaluate(straight, str(tmp_path / "straight"))
 
-  first_half = tiny_config(tfds_data_dir, steps=n)
-  first_half.optimizer.decay_steps = 2 * n
-  first_half.model.dropout_rate = 0.1
-  train_and_evaluate(first_half, str(tmp_path / "resumed"))
-  second_half = tiny_config(tfds_data_dir, steps=2 * n)
-  second_half.optimizer.decay_steps = 2 * n
-  second_half.model.dropout_rate = 0.1
-  summary = train_and_evaluate(second_half, str(tmp_path / "resumed"))
+  def config(steps):
+    c = tiny_config(tfds_data_dir, steps=steps)
+    c.optimizer.decay_steps = 2 * n  # the schedule must not depend on where the run stops
+    c.model.dropout_rate = 0.1  # dropout randomness must resume too
+    c.train.log_every, c.train.steps_per_call = log_every, steps_per_call
+    return c
+
+  straight = config(2 * n)
+  train_and_evaluate(straight, str(tmp_path / "straight"))
+  train_and_evaluate(config(n), str(tmp_path / "resumed"))
+  summary = train_and_evaluate(config(2 * n), str(tmp_path / "resumed"))
   assert summary["step"] == 2 * n
 
   straight_losses, resumed_losses = losses(str(tmp_path / "straight")), losses(str(tmp_path / "resumed"))
-  assert [straight_losses[s] for s in range(1, 2 * n + 1)] == [resumed_losses[s] for s in range(1, 2 * n + 1)]
+  assert sorted(straight_losses) == list(range(log_every, 2 * n + 1, log_every))
+  assert straight_losses == resumed_losses
   trainer = runner.Trainer(validation.resolve(straight), str(tmp_path / "straight"))
   a, _ = checkpoint.restore_params(str(tmp_path / "straight"), trainer.abstract_state.params)
   b, _ = checkpoint.restore_params(str(tmp_path / "resumed"), trainer.abstract_state.params)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_steps_per_call_changes_no_step(tfds_data_dir, tmp_path):
+  """Calls of 5 steps train the same steps as calls of 1: the same per-step losses and parameters."""
+  runs = {}
+  for steps_per_call in (1, 5):
+    c = tiny_config(tfds_data_dir, steps=7)  # calls of 5 and 2 steps
+    c.train.log_every, c.train.steps_per_call = 7, steps_per_call
+    c.model.dropout_rate = 0.1
+    workdir = str(tmp_path / str(steps_per_call))
+    train_and_evaluate(c, workdir)
+    trainer = runner.Trainer(validation.resolve(c), workdir)
+    runs[steps_per_call] = (losses(workdir), checkpoint.restore_params(workdir, trainer.abstract_state.params)[0])
+  np.testing.assert_allclose(runs[1][0][7], runs[5][0][7], rtol=1e-6)
+  for x, y in zip(jax.tree.leaves(runs[1][1]), jax.tree.leaves(runs[5][1])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+
+
+@given(steps=st.integers(1, 60), per_call=st.integers(1, 12), log=st.integers(1, 20), evaluate=st.integers(0, 20),
+       save=st.integers(0, 20), start=st.integers(0, 60))
+@settings(max_examples=200, deadline=None)
+def test_calls_end_at_every_log_eval_and_checkpoint_step(steps, per_call, log, evaluate, save, start):
+  train = base.get_config().train
+  train.steps, train.steps_per_call, train.log_every, train.eval_every, train.checkpoint_every = (
+      steps, per_call, log, evaluate, save)
+  ends, step = [], min(start, steps - 1)
+  while step < steps:
+    count = runner.steps_in_call(train, step)
+    assert 1 <= count <= per_call
+    step += count
+    ends.append(step)
+  due = {s for s in range(min(start, steps - 1) + 1, steps + 1)
+         if s % log == 0 or (evaluate and s % evaluate == 0) or (save and s % save == 0)}
+  assert due | {steps} <= set(ends)
 
 
 def test_accumulation_matches_one_big_batch(tfds_data_dir, tmp_path):
@@ -111,6 +149,7 @@ INVALID = [
     ("optimizer.no_decay", "norms,weights", "optimizer.no_decay"),
     ("train.batch_size", 0, "train.batch_size"),
     ("train.steps", 0, "train.steps"),
+    ("train.steps_per_call", 0, "train.steps_per_call"),
     ("mesh.data", 3, "mesh"),
     ("mesh.tensor", 2, "mesh"),
     ("mesh.rules", "heads=model_axis", "mesh.rules"),

@@ -13,6 +13,8 @@ V vocabulary, N layers. Einsum strings use these letters, so names and contracti
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,6 +36,24 @@ def zeros_init(names: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
+def dense(x: jax.Array, kernel: jax.Array, contracted: int = 1) -> jax.Array:
+  """Contracts the last `contracted` axes of x with the first ones of kernel, as one matmul of 2-D x.
+
+  The same as the einsum "...ab,abc->...c", written with x's leading axes and contracted axes each
+  merged into one: autodiff then gives matmuls whose operands XLA's CPU dot reads in place. From
+  einsums over 3-D and 4-D operands it materialized transposed copies of activations and gradients
+  (fused with the elementwise work before them, often recomputed), about half the CPU step time
+  (see docs/performance.md). Merging keeps the sharding of the merged axes (their first is major).
+  """
+  inputs = x.shape[x.ndim - contracted:]
+  if kernel.shape[:contracted] != inputs:
+    raise ValueError(f"dense: kernel {kernel.shape} does not start with the contracted axes {inputs} of x")
+  size = math.prod(inputs)
+  y = jax.lax.dot_general(x.reshape(-1, size), kernel.reshape(size, *kernel.shape[contracted:]),
+                          (((1,), (0,)), ((), ())))
+  return y.reshape(*x.shape[:x.ndim - contracted], *kernel.shape[contracted:])
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention with H query heads, G key/value heads, a mask and a (factored) value map.
 
@@ -51,14 +71,12 @@ class MultiHeadAttention(nn.Module):
     init = zeros_init(names) if std is None else dense_init(std, names)
     return self.param(name, init, shape, jnp.float32)
 
-  def _project(self, x_BLD, name, eqn, shape, names, bias_names, std=None):
+  def _kernel(self, name, shape, names, bias_names, std):
+    """The [D, heads, width] kernel `name` in the compute dtype, and its bias (None without biases)."""
     c = self.config
-    kernel = self._param(name, shape, names, c.init_std if std is None else std).astype(c.dtype)
-    y = jnp.einsum(eqn, x_BLD, kernel)
-    if c.use_bias:
-      # Leading axes written out: the tests run with jax_numpy_rank_promotion="raise".
-      y = y + self._param(f"{name}_bias", shape[1:], bias_names).astype(c.dtype)[None, None]
-    return y
+    kernel = self._param(name, shape, names, std).astype(c.dtype)
+    bias = self._param(f"{name}_bias", shape[1:], bias_names).astype(c.dtype) if c.use_bias else None
+    return kernel, bias
 
   @nn.compact
   def __call__(
@@ -81,17 +99,22 @@ class MultiHeadAttention(nn.Module):
     c = self.config
     d, h, g, k, r = c.d_model, c.num_heads, c.kv_heads, c.key_dim, c.value_dim
     x_BLD = x_BLD.astype(c.dtype)
-    q_BLHK = self._project(x_BLD, "query", "BLD,DHK->BLHK", (d, h, k), (EMBED, HEADS, HEAD_DIM), (HEADS, HEAD_DIM))
-    k_BLGK = self._project(x_BLD, "key", "BLD,DGK->BLGK", (d, g, k), (EMBED, KV_HEADS, HEAD_DIM),
-                           (KV_HEADS, HEAD_DIM))
     # GPT-2 scales the init of the maps that write into the residual stream by 1/sqrt(2N).
     residual_std = c.init_std / (2 * c.num_layers) ** 0.5
-    if c.value_mode == "full":
-      v_BLGR = self._project(x_BLD, "value", "BLD,DGR->BLGR", (d, g, r), (EMBED, KV_HEADS, VALUE_RANK),
-                             (KV_HEADS, VALUE_RANK), residual_std)
+    value_name, value_std = ("value", residual_std) if c.value_mode == "full" else ("value_down", c.init_std)
+    projections = (self._kernel("query", (d, h, k), (EMBED, HEADS, HEAD_DIM), (HEADS, HEAD_DIM), c.init_std),
+               self._kernel("key", (d, g, k), (EMBED, KV_HEADS, HEAD_DIM), (KV_HEADS, HEAD_DIM), c.init_std),
+               self._kernel(value_name, (d, g, r), (EMBED, KV_HEADS, VALUE_RANK), (KV_HEADS, VALUE_RANK), value_std))
+    if h == g and k == r:
+      # One matmul for the three projections when their kernels have one shape: a wider matmul uses
+      # the CPU better than three narrow ones, and the backward pass has fewer ops.
+      qkv_BL3HK = dense(x_BLD, jnp.stack([w for w, _ in projections], axis=1))
+      q_BLHK, k_BLGK, v_BLGR = (qkv_BL3HK[:, :, i] for i in range(3))
     else:
-      v_BLGR = self._project(x_BLD, "value_down", "BLD,DGR->BLGR", (d, g, r), (EMBED, KV_HEADS, VALUE_RANK),
-                             (KV_HEADS, VALUE_RANK))
+      q_BLHK, k_BLGK, v_BLGR = (dense(x_BLD, w) for w, _ in projections)
+    if c.use_bias:
+      # Leading axes written out: the tests run with jax_numpy_rank_promotion="raise".
+      q_BLHK, k_BLGK, v_BLGR = (y + b[None, None] for y, (_, b) in zip((q_BLHK, k_BLGK, v_BLGR), projections))
     if c.positions == "rope":
       q_BLHK = apply_rope(q_BLHK, positions_BL, c.rope_base)
       k_BLGK = apply_rope(k_BLGK, positions_BL, c.rope_base)
@@ -123,7 +146,7 @@ class MultiHeadAttention(nn.Module):
       update_BLD = mixed_BLHR.sum(axis=2)
     else:
       value_up = self._param("value_up", (h, r, d), (HEADS, VALUE_RANK, EMBED), residual_std).astype(c.dtype)
-      update_BLD = jnp.einsum("BLHR,HRD->BLD", mixed_BLHR, value_up)
+      update_BLD = dense(mixed_BLHR, value_up, contracted=2)  # BLHR,HRD->BLD
       if c.use_bias:
         update_BLD = update_BLD + self._param("value_up_bias", (d,), (EMBED,)).astype(c.dtype)[None, None]
     return update_BLD

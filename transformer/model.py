@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer.attention import EMBED, MultiHeadAttention, dense_init, zeros_init
+from transformer.attention import EMBED, MultiHeadAttention, dense, dense_init, zeros_init
 from transformer.config import ModelConfig
 from transformer.positions import sinusoidal_table
 
@@ -52,14 +52,14 @@ class Mlp(nn.Module):
     c = self.config
     f = c.hidden_dim
     up = self.param("up", dense_init(c.init_std, (EMBED, MLP)), (c.d_model, f), jnp.float32)
-    h_BLF = jnp.einsum("BLD,DF->BLF", x_BLD, up.astype(c.dtype))
+    h_BLF = dense(x_BLD, up.astype(c.dtype))
     if c.use_bias:
       h_BLF = h_BLF + self.param("up_bias", zeros_init((MLP,)), (f,), jnp.float32).astype(c.dtype)[None, None]
     h_BLF = nn.gelu(h_BLF)
     # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2N).
     down_std = c.init_std / (2 * c.num_layers) ** 0.5
     down = self.param("down", dense_init(down_std, (MLP, EMBED)), (f, c.d_model), jnp.float32)
-    y_BLD = jnp.einsum("BLF,FD->BLD", h_BLF, down.astype(c.dtype))
+    y_BLD = dense(h_BLF, down.astype(c.dtype))
     if c.use_bias:
       y_BLD = y_BLD + self.param("down_bias", zeros_init((EMBED,)), (c.d_model,),
                                  jnp.float32).astype(c.dtype)[None, None]
@@ -158,8 +158,8 @@ class TransformerLM(nn.Module):
     if not c.post_ln:
       x_BLD = LayerNorm(c, name="final_norm")(x_BLD)
     if c.tie_embeddings:
-      logits_BLV = embed.attend(x_BLD)
+      logits_BLV = dense(x_BLD, embed.embedding.astype(c.dtype).T)
     else:
       unembed = self.param("unembed", dense_init(c.init_std, (EMBED, VOCAB)), (c.d_model, c.vocab_size), jnp.float32)
-      logits_BLV = jnp.einsum("BLD,DV->BLV", x_BLD, unembed.astype(c.dtype))
+      logits_BLV = dense(x_BLD, unembed.astype(c.dtype))
     return logits_BLV.astype(jnp.float32)
