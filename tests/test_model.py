@@ -1,7 +1,9 @@
 """Tests of transformer/model.py and transformer/config.py: scanned equals unrolled, jit equals eager,
 bfloat16, dropout, packed sequences, and the validation of ModelConfig."""
 
+import contextlib
 import dataclasses
+import io
 
 import flax.errors
 import flax.linen as nn
@@ -9,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 from ml_collections import config_dict
 
 from transformer.config import ModelConfig, model_config_from
@@ -107,6 +110,20 @@ def test_scan_layers_gradients_equal_unrolled_with_remat():
   got = jax.jit(jax.grad(loss(scanned)))(to_scanned(params, unrolled.num_layers))
   jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6), got, expected)
   assert np.abs(np.asarray(got["blocks"]["block"]["attention"]["query"])).max() > 1e-4
+
+
+@pytest.mark.parametrize("policy, keeps_projections", [("full", False), ("dots", True), ("dots_no_batch", True)])
+def test_dot_remat_policies_keep_the_projection_outputs(policy, keeps_projections):
+  """dense() is a custom-VJP matmul: the dot policies must still keep its outputs (here the MLP's hidden
+  layer, [layers, B*L, F]) instead of recomputing them in the backward pass."""
+  c = ModelConfig(vocab_size=16, max_len=8, num_layers=2, d_model=16, num_heads=2, mlp_dim=48, scan_layers=True,
+                  remat_policy=policy)
+  tokens = jnp.zeros((2, 8), jnp.int32)
+  params = TransformerLM(c).init(jax.random.key(0), tokens)["params"]
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    print_saved_residuals(lambda p: TransformerLM(c).apply({"params": p}, tokens).sum(), params)
+  assert ("f32[2,16,48] output of scan" in printed.getvalue()) == keeps_projections, printed.getvalue()
 
 
 def test_residual_stream_is_sown_per_block():

@@ -18,6 +18,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from transformer import kernels
 from transformer.config import ModelConfig
@@ -26,6 +27,8 @@ from transformer.positions import apply_rope
 
 # Logical axis names of every parameter: the runner's rules map them onto a device mesh.
 EMBED, HEADS, KV_HEADS, HEAD_DIM, VALUE_RANK = "embed", "heads", "kv_heads", "head_dim", "value_rank"
+# The name of dense()'s outputs for rematerialization policies (a custom-VJP matmul is not a dot to them).
+DENSE_OUTPUT = "dense_output"
 
 
 def dense_init(std: float, names: tuple[str | None, ...]):
@@ -39,19 +42,44 @@ def zeros_init(names: tuple[str | None, ...]):
 def dense(x: jax.Array, kernel: jax.Array, contracted: int = 1) -> jax.Array:
   """Contracts the last `contracted` axes of x with the first ones of kernel, as one matmul of 2-D x.
 
-  The same as the einsum "...ab,abc->...c", written with x's leading axes and contracted axes each
-  merged into one: autodiff then gives matmuls whose operands XLA's CPU dot reads in place. From
-  einsums over 3-D and 4-D operands it materialized transposed copies of activations and gradients
-  (fused with the elementwise work before them, often recomputed), about half the CPU step time
-  (see docs/performance.md). Merging keeps the sharding of the merged axes (their first is major).
+  The same as the einsum "...ab,abc->...c". Written with x's leading and contracted axes each merged
+  into one, so that the matmuls of the backward pass read their operands in place: from einsums over
+  3-D and 4-D operands XLA's CPU backend materialized transposed copies of activations and gradients,
+  about half the CPU step time (see docs/performance.md). Merging keeps the sharding of the merged
+  axes (the first of each is the major one); the kernel's output axes stay as they are.
   """
   inputs = x.shape[x.ndim - contracted:]
   if kernel.shape[:contracted] != inputs:
     raise ValueError(f"dense: kernel {kernel.shape} does not start with the contracted axes {inputs} of x")
   size = math.prod(inputs)
-  y = jax.lax.dot_general(x.reshape(-1, size), kernel.reshape(size, *kernel.shape[contracted:]),
-                          (((1,), (0,)), ((), ())))
+  y = checkpoint_name(_matmul(x.reshape(-1, size), kernel.reshape(size, *kernel.shape[contracted:])), DENSE_OUTPUT)
   return y.reshape(*x.shape[:x.ndim - contracted], *kernel.shape[contracted:])
+
+
+@jax.custom_vjp
+def _matmul(x_NI: jax.Array, kernel_IO: jax.Array) -> jax.Array:
+  """x_NI [N, I] times kernel_IO [I, *O]: [N, *O]. Its VJP gives the input gradient an untransposed kernel."""
+  return jax.lax.dot_general(x_NI, kernel_IO, (((1,), (0,)), ((), ())))
+
+
+def _matmul_forward(x_NI, kernel_IO):
+  return _matmul(x_NI, kernel_IO), (x_NI, kernel_IO)
+
+
+def _matmul_backward(residuals, d_y_NO):
+  x_NI, kernel_IO = residuals
+  outputs = tuple(range(1, kernel_IO.ndim))
+  # The gradient of x is d_y times the kernel transposed. Written as autodiff writes it, a matmul whose
+  # right operand is read transposed, XLA's CPU matmuls ran it at about half the speed of the forward
+  # one (the small Shakespeare model's MLP, in the step). So the transposed kernel (small: parameters,
+  # not activations) is made an array of its own; the barrier stops XLA from folding the transpose back.
+  kernel_OI = jax.lax.optimization_barrier(jnp.moveaxis(kernel_IO, 0, -1))
+  d_x_NI = jax.lax.dot_general(d_y_NO, kernel_OI, ((outputs, tuple(range(len(outputs)))), ((), ())))
+  d_kernel_IO = jax.lax.dot_general(x_NI, d_y_NO, (((0,), (0,)), ((), ())))
+  return d_x_NI.astype(x_NI.dtype), d_kernel_IO.astype(kernel_IO.dtype)
+
+
+_matmul.defvjp(_matmul_forward, _matmul_backward)
 
 
 class MultiHeadAttention(nn.Module):

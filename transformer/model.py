@@ -9,16 +9,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer.attention import EMBED, MultiHeadAttention, dense, dense_init, zeros_init
+from transformer.attention import DENSE_OUTPUT, EMBED, MultiHeadAttention, dense, dense_init, zeros_init
 from transformer.config import ModelConfig
 from transformer.positions import sinusoidal_table
 
 MLP, VOCAB, LAYERS = "mlp", "vocab", "layers"
 
+_policies = jax.checkpoint_policies
+# The projections (dense()) are custom-VJP matmuls that the dot policies do not see: their outputs are named.
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": _policies.nothing_saveable,
+    "dots": _policies.save_from_both_policies(_policies.checkpoint_dots, _policies.save_only_these_names(DENSE_OUTPUT)),
+    "dots_no_batch": _policies.save_from_both_policies(_policies.dots_with_no_batch_dims_saveable,
+                                                       _policies.save_only_these_names(DENSE_OUTPUT)),
 }
 
 
