@@ -2,7 +2,7 @@ r"""Speed of a recipe's train step through the runner: step time, tokens/s, MFU,
 
   python -m benchmarks.train_step --config=configs/shakespeare_char.py:cpu \
       --config.data.manual_dir=../shared/data/tinyshakespeare [--steps=300] [--torch_python=/path/to/python]
-  python -m benchmarks.train_step --config=configs/shakespeare_char.py --steps=6 --log_every=1   # big recipe
+  python -m benchmarks.train_step --config=configs/shakespeare_char.py --steps=30 --log_every=10   # big recipe
 
 Trains `--steps` steps of the config with the runner itself (the code path every run uses), logging
 every `--log_every` steps, then reads the step times the runner recorded. The first logged interval
@@ -33,7 +33,8 @@ from experiments.metrics import device_peak_flops, read_metrics
 from experiments.runner import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py:cpu", "Config of the recipe.")
-_STEPS = flags.DEFINE_integer("steps", 300, "Steps to train (the recipe's schedule length is kept).")
+_STEPS = flags.DEFINE_integer("steps", 300, "Steps to train, rounded up to whole intervals (the recipe's schedule "
+                              "length is kept).")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps per timed interval.")
 _KEEP_FREED = flags.DEFINE_bool("keep_freed_memory", True, "Apply host.keep_freed_memory, as the train command does.")
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", "", "A Python with torch: also time the PyTorch CPU recipe "
@@ -47,7 +48,8 @@ def time_recipe(config, steps: int, log_every: int) -> dict[str, float]:
   t = config.train
   t.log_every, t.eval_every, t.checkpoint_every = log_every, 0, 0
   config.optimizer.decay_steps = config.optimizer.decay_steps or t.steps  # the recipe's schedule, whatever the steps
-  t.steps = steps
+  # Whole intervals only: a shorter last one would be a call of another length, compiled when it comes.
+  t.steps = -(-steps // log_every) * log_every
   config.eval.max_batches = 1  # the run evaluates once at the end; that is not what is timed
   with tempfile.TemporaryDirectory() as workdir:
     summary = train_and_evaluate(config, workdir)
@@ -63,7 +65,7 @@ def time_recipe(config, steps: int, log_every: int) -> dict[str, float]:
       "data_wait": float(np.mean([m["perf/data_wait_fraction"] for m in timed])),
       # The first interval is compilation plus log_every steps.
       "compile_s": first["perf/step_time"] * log_every - log_every * median,
-      "intervals": len(timed),
+      "intervals": len(timed), "steps": t.steps,
   }
 
 
@@ -89,9 +91,10 @@ def main(argv):
         f"Python {platform.python_version()}; malloc keeps freed memory: {kept}")
   print(f"recipe: {m.num_layers} layers, {m.num_heads} heads, width {m.d_model}, context {config.data.seq_len}, "
         f"batch {t.batch_size}, attention {m.attention_impl}, dtype {m.dtype}, dropout {m.dropout_rate}, "
-        f"{t.steps_per_call} steps per call; {_STEPS.value} steps, {result['intervals']} timed intervals of "
+        f"{t.steps_per_call} steps per call; {result['steps']} steps, {result['intervals']} timed intervals of "
         f"{_LOG_EVERY.value}; peak {peak / 1e9:,.1f} GFLOP/s ({source})\n")
-  print("| implementation | params | median step ms (p10-p90) | tokens/s | MFU | data wait | compile s | peak RSS GiB |")
+  print("| implementation | params | median step ms (p10-p90) | tokens/s | MFU | data wait | compile s "
+        "| peak RSS GiB |")
   print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   mfu = result["flops_per_token"] * result["tokens_per_s"] / peak
   print(f"| this project | {result['parameters']:,} | {result['step_ms']:.1f} ({result['p10_ms']:.1f}-"
