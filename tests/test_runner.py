@@ -61,7 +61,7 @@ def test_loss_falls_on_every_task(task, tfds_data_dir, tmp_path):
   assert saved["model"]["vocab_size"] == 32 and saved["model"]["max_len"] == 24  # filled in from the data
 
 
-@pytest.mark.parametrize("log_every, steps_per_call", [(1, 1), (6, 4)])
+@pytest.mark.parametrize("log_every, steps_per_call", [(1, 1), (6, 3)])
 def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path, log_every, steps_per_call):
   """N steps, stop, resume for N more == 2N steps straight, on CPU, to the last bit (also with calls of
   several steps, which must break at the same steps in both runs)."""
@@ -91,17 +91,17 @@ def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path, log_every, steps_p
 
 
 def test_steps_per_call_changes_no_step(tfds_data_dir, tmp_path):
-  """Calls of 5 steps train the same steps as calls of 1: the same per-step losses and parameters."""
+  """One call of 5 steps trains the same steps as 5 calls of 1: the same losses and parameters."""
   runs = {}
   for steps_per_call in (1, 5):
-    c = tiny_config(tfds_data_dir, steps=7)  # calls of 5 and 2 steps
-    c.train.log_every, c.train.steps_per_call = 7, steps_per_call
+    c = tiny_config(tfds_data_dir, steps=5)
+    c.train.log_every, c.train.steps_per_call = 5, steps_per_call
     c.model.dropout_rate = 0.1
     workdir = str(tmp_path / str(steps_per_call))
     train_and_evaluate(c, workdir)
     trainer = runner.Trainer(validation.resolve(c), workdir)
     runs[steps_per_call] = (losses(workdir), checkpoint.restore_params(workdir, trainer.abstract_state.params)[0])
-  np.testing.assert_allclose(runs[1][0][7], runs[5][0][7], rtol=1e-6)
+  np.testing.assert_allclose(runs[1][0][5], runs[5][0][5], rtol=1e-6)
   for x, y in zip(jax.tree.leaves(runs[1][1]), jax.tree.leaves(runs[5][1])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
 
