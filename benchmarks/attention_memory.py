@@ -12,14 +12,14 @@ to `--timed_up_to` tokens. Prints a Markdown table with the machine and versions
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
+
+from benchmarks.common import machine_line
 
 from transformer import ModelConfig, TransformerLM
 
@@ -66,8 +66,7 @@ def measure(impl: str, length: int, timed: bool) -> dict[str, float]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, devices {jax.devices()}; jax {jax.__version__}, "
-        f"Python {platform.python_version()}")
+  print(machine_line())
   print(f"one layer, width 128, 4 heads, batch 1, causal; gradient of the loss; chunk {_CHUNK.value}; "
         f"median of {_REPEATS.value} runs up to T = {_TIMED_UP_TO.value}\n")
   print("| T | " + " | ".join(f"{impl} MiB | {impl} ms" for impl in _IMPLS.value) +

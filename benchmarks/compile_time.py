@@ -12,8 +12,6 @@ shallowest depth.
 from __future__ import annotations
 
 import functools
-import os
-import platform
 import statistics
 import time
 
@@ -21,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import app, flags
+
+from benchmarks.common import machine_line
 
 from configs import base
 from experiments import validation
@@ -70,8 +70,7 @@ def compile_seconds(layers: int, scan: bool) -> float:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, devices {jax.devices()}; jax {jax.__version__}, "
-        f"Python {platform.python_version()}")
+  print(machine_line())
   print(f"train step of width 128, 4 heads, context 64, batch 12, {_STEPS_PER_CALL.value} steps per call; "
         f"median of {_REPEATS.value} compilations\n")
   print("| scan_layers | layers | compile s | ratio to the shallowest |")

@@ -15,19 +15,17 @@ library versions and settings.
 from __future__ import annotations
 
 import os
-import platform
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 
-import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from benchmarks.common import machine_line
 from experiments import host
 from experiments.metrics import device_peak_flops, read_metrics
 from experiments.runner import train_and_evaluate
@@ -87,8 +85,7 @@ def main(argv):
   result = time_recipe(config, _STEPS.value, _LOG_EVERY.value)
   peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   m, t = config.model, config.train
-  print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, devices {jax.devices()}; jax {jax.__version__}, "
-        f"Python {platform.python_version()}; malloc keeps freed memory: {kept}")
+  print(f"{machine_line()}; malloc keeps freed memory: {kept}")
   print(f"recipe: {m.num_layers} layers, {m.num_heads} heads, width {m.d_model}, context {config.data.seq_len}, "
         f"batch {t.batch_size}, attention {m.attention_impl}, dtype {m.dtype}, dropout {m.dropout_rate}, "
         f"{t.steps_per_call} steps per call; {result['steps']} steps, {result['intervals']} timed intervals of "
