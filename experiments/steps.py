@@ -100,13 +100,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Transfo
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def train_steps(state: TrainState, batches: dict[str, jax.Array], **step_kwargs) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_steps(state: TrainState, batches: dict[str, jax.Array],
+                **step_kwargs) -> tuple[TrainState, dict[str, jax.Array]]:
   """`train_step` over the leading axis of `batches` (one batch per step), in one compiled call.
 
   Each step is the same function of the state and its batch as a call of train_step on its own, so
   a run takes the same steps whatever the number per call. Metrics come back stacked, one row a step.
-  Running several steps per call saves the per-call cost of the host (dispatch, fresh output
-  buffers), about a tenth of a small model's CPU step (see docs/performance.md).
+  Several steps per call share the host's per-call costs (dispatch, fresh buffers; docs/performance.md).
   """
   return jax.lax.scan(functools.partial(train_step, **step_kwargs), state, batches)
 
