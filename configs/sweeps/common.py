@@ -37,6 +37,24 @@ def check_scale(scale: str | None) -> str:
   return scale
 
 
+def recall_study(name: str, scale: str | None, steps: int, parameters: list[dict]) -> config_dict.ConfigDict:
+  """A recall study on configs/default.py: `parameters` varied, ranked by final query accuracy, 2 workers.
+
+  Args:
+    name: the study's name.
+    scale: the config argument ('cpu' by default, or 'accel'; see recall_fixed).
+    steps: training steps at the 'cpu' scale.
+    parameters: the parameters to vary (formats in sweep_config).
+  """
+  c = sweep_config(name)
+  c.fixed = recall_fixed(check_scale(scale), steps)
+  c.parameters = parameters
+  c.metric = "eval/accuracy"
+  c.direction = "maximize"
+  c.workers = 2
+  return c
+
+
 def recall_fixed(scale: str, steps: int) -> config_dict.ConfigDict:
   """Fixed overrides of the recall studies on configs/default.py: a shorter run at 'cpu' scale.
 

@@ -20,12 +20,6 @@ GROUPED = [[8, 16, 2], [8, 16, 1]]  # grouped-query (G = 2) and multi-query (G =
 
 def get_config(scale: str | None = None):
   """The heads sweep at `scale` ('cpu' or 'accel')."""
-  scale = common.check_scale(scale)
-  c = common.sweep_config("heads")
-  c.fixed = common.recall_fixed(scale, STEPS)
-  c.parameters = [{"paths": ["model.num_heads", "model.head_dim", "model.num_kv_heads"],
-                   "values": FIXED_WIDTH + FIXED_K + GROUPED}]
-  c.metric = "eval/accuracy"
-  c.direction = "maximize"
-  c.workers = 2
-  return c
+  parameters = [{"paths": ["model.num_heads", "model.head_dim", "model.num_kv_heads"],
+                 "values": FIXED_WIDTH + FIXED_K + GROUPED}]
+  return common.recall_study("heads", scale, STEPS, parameters)

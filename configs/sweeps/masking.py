@@ -23,12 +23,6 @@ INDUCTION = [["induction", "causal", 0, 0], ["induction", "none", 0, 0]]
 
 def get_config(scale: str | None = None):
   """The masking sweep at `scale` ('cpu' or 'accel')."""
-  scale = common.check_scale(scale)
-  c = common.sweep_config("masking")
-  c.fixed = common.recall_fixed(scale, STEPS)
-  c.parameters = [{"paths": ["data.task", "model.mask", "model.window", "model.prefix_length"],
-                   "values": RECALL + INDUCTION}]
-  c.metric = "eval/accuracy"
-  c.direction = "maximize"
-  c.workers = 2
-  return c
+  parameters = [{"paths": ["data.task", "model.mask", "model.window", "model.prefix_length"],
+                 "values": RECALL + INDUCTION}]
+  return common.recall_study("masking", scale, STEPS, parameters)

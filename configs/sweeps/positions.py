@@ -14,11 +14,5 @@ STEPS = 400  # the default config leaves its plateau at chance after 300-500 ste
 
 def get_config(scale: str | None = None):
   """The positions sweep at `scale` ('cpu' or 'accel')."""
-  scale = common.check_scale(scale)
-  c = common.sweep_config("positions")
-  c.fixed = common.recall_fixed(scale, STEPS)
-  c.parameters = [{"path": "model.positions", "values": ["learned", "sinusoidal", "rope", "none"]}]
-  c.metric = "eval/accuracy"
-  c.direction = "maximize"
-  c.workers = 2
-  return c
+  parameters = [{"path": "model.positions", "values": ["learned", "sinusoidal", "rope", "none"]}]
+  return common.recall_study("positions", scale, STEPS, parameters)

@@ -14,12 +14,6 @@ STEPS = 400  # the default config leaves its plateau at chance after 300-500 ste
 
 def get_config(scale: str | None = None):
   """The scaling sweep at `scale` ('cpu' or 'accel')."""
-  scale = common.check_scale(scale)
-  c = common.sweep_config("scaling")
-  c.fixed = common.recall_fixed(scale, STEPS)
-  c.parameters = [{"path": "model.score_scale", "values": ["rsqrt", "none"]},
-                  {"path": "model.num_heads", "values": [1, 4]}]
-  c.metric = "eval/accuracy"
-  c.direction = "maximize"
-  c.workers = 2
-  return c
+  parameters = [{"path": "model.score_scale", "values": ["rsqrt", "none"]},
+                {"path": "model.num_heads", "values": [1, 4]}]
+  return common.recall_study("scaling", scale, STEPS, parameters)

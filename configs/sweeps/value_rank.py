@@ -15,12 +15,6 @@ K = 32  # head_dim of the default config: d_model 128 / 4 heads
 
 def get_config(scale: str | None = None):
   """The value-rank sweep at `scale` ('cpu' or 'accel')."""
-  scale = common.check_scale(scale)
-  c = common.sweep_config("value_rank")
-  c.fixed = common.recall_fixed(scale, STEPS)
-  c.parameters = [{"paths": ["model.value_mode", "model.value_rank"],
-                   "values": [["full", None]] + [["factored", r] for r in (1, 2, 4, K, 2 * K)]}]
-  c.metric = "eval/accuracy"
-  c.direction = "maximize"
-  c.workers = 2
-  return c
+  parameters = [{"paths": ["model.value_mode", "model.value_rank"],
+                 "values": [["full", None]] + [["factored", r] for r in (1, 2, 4, K, 2 * K)]}]
+  return common.recall_study("value_rank", scale, STEPS, parameters)
