@@ -360,3 +360,23 @@ def test_chunked_backward_in_bfloat16_stays_close():
     assert np.all(np.isfinite(g))
     relative = np.linalg.norm(g - np.asarray(e)) / np.linalg.norm(np.asarray(e))
     assert relative < 3e-2, (name, relative)
+
+
+def test_dropout_scale_drops_at_the_rate_independently_and_follows_the_key():
+  rate, shape = 0.2, (64, 32, 48)
+  draw = jax.jit(kernels.dropout_scale, static_argnums=(1, 2))
+  scale = np.asarray(draw(jax.random.key(3), rate, shape))
+  dropped = scale == 0.0
+  tolerance = 5 * np.sqrt(rate * (1 - rate) / dropped.size)  # five binomial standard deviations
+  assert abs(dropped.mean() - rate) < tolerance
+  np.testing.assert_array_equal(scale[~dropped], np.float32(1 / (1 - rate)))
+  # Neighbours are dropped together as often as independent draws would be (rate^2), along each axis.
+  for axis in range(3):
+    both = np.logical_and(np.take(dropped, range(1, shape[axis]), axis), np.take(dropped, range(shape[axis] - 1), axis))
+    assert abs(both.mean() - rate**2) < 5 * np.sqrt(rate**2 * (1 - rate**2) / both.size)
+  np.testing.assert_array_equal(np.asarray(draw(jax.random.key(3), rate, shape)), scale)
+  other = np.asarray(draw(jax.random.key(4), rate, shape)) == 0.0
+  assert abs((other != dropped).mean() - 2 * rate * (1 - rate)) < 2 * tolerance
+  # Raw uint32 keys (jax.random.PRNGKey) work as typed ones.
+  legacy = np.asarray(draw(jax.random.PRNGKey(3), rate, shape))
+  assert abs((legacy == 0.0).mean() - rate) < tolerance

@@ -15,7 +15,7 @@ from jax.ad_checkpoint import print_saved_residuals
 from ml_collections import config_dict
 
 from transformer.config import ModelConfig, model_config_from
-from transformer.model import LayerNorm, TransformerLM
+from transformer.model import Dropout, LayerNorm, TransformerLM
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
 
@@ -225,7 +225,7 @@ def test_every_dropout_call_draws_its_own_mask(scan_layers):
 
   def record_mask(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if isinstance(context.module, nn.Dropout):
+    if isinstance(context.module, Dropout):
       jax.debug.callback(lambda kept: masks.append(np.asarray(kept)), out != 0)
     return out
 
