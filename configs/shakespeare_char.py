@@ -9,13 +9,15 @@ the CPU variant its README gives (4 layers, 4 heads, width 128, context 64, batc
 no dropout; val loss about 1.88).
 
 What matches nanoGPT: the architecture (pre-LN GPT, learned positions, tied embeddings, no biases,
-residual projections initialized with std 0.02 / sqrt(2N)), AdamW with betas (0.9, 0.99), weight
-decay 0.1 on every matrix including the embeddings (nanoGPT decays all parameters of rank 2),
-clipping at 1.0, 100 warmup steps then cosine decay to 1e-4, and the data: TFDS's `train` split is
-nanoGPT's training text (the first 90% of input.txt) and `validation+test` its validation text.
+residual projections initialized with std 0.02 / sqrt(2N)), dropout (the same rate on the attention
+weights, the residual branches and the embeddings), AdamW with betas (0.9, 0.99), weight decay 0.1 on
+every matrix including the embeddings (nanoGPT decays all parameters of rank 2), clipping at 1.0, 100
+warmup steps then cosine decay to 1e-4, and the data: TFDS's `train` split is nanoGPT's training text
+(the first 90% of input.txt) and `validation+test` its validation text.
 What differs: the vocabulary has one more token (id 0, for characters the training text lacks);
 training windows are drawn without replacement within an epoch; the validation loss is the mean
-over every character of the validation text, not an estimate from random windows; GELU is tanh.
+over every character of the validation text, not an estimate from random windows; GELU is tanh; learned positions start at std 0.01 (GPT-2's),
+not 0.02.
 """
 
 from configs import base
@@ -55,6 +57,7 @@ def get_config(variant: str = "gpu"):
   if variant == "gpu":
     m.num_layers, m.num_heads, m.d_model = 6, 6, 384
     m.dropout_rate = 0.2
+    m.attention_dropout_rate = 0.2  # nanoGPT drops attention weights at the same rate
     c.data.seq_len = 256
     t.batch_size = 64
     t.steps = 5_000
