@@ -34,7 +34,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py
 _STEPS = flags.DEFINE_integer("steps", 300, "Steps to train, rounded up to whole intervals (the recipe's schedule "
                               "length is kept).")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps per timed interval.")
-_KEEP_FREED = flags.DEFINE_bool("keep_freed_memory", True, "Apply host.keep_freed_memory, as the train command does.")
+_KEEP_FREED = flags.DEFINE_bool("keep_freed_memory", True, "Apply host.keep_freed_memory as the train command "
+                                 "does (one heap for big steps).")
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", "", "A Python with torch: also time the PyTorch CPU recipe "
                                     "(with configs/shakespeare_char.py:cpu only).")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,13 +80,14 @@ def time_torch(python: str, steps: int) -> tuple[float, str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  kept = host.keep_freed_memory() if _KEEP_FREED.value else False
   config = _CONFIG.value
+  one_heap = host.one_heap_pays(config)
+  kept = host.keep_freed_memory(one_heap) if _KEEP_FREED.value else False
   peak, source = device_peak_flops(config.model.dtype)
   result = time_recipe(config, _STEPS.value, _LOG_EVERY.value)
   peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   m, t = config.model, config.train
-  print(f"{machine_line()}; malloc keeps freed memory: {kept}")
+  print(f"{machine_line()}; malloc keeps freed memory: {kept}{' (one heap)' if kept and one_heap else ''}")
   print(f"recipe: {m.num_layers} layers, {m.num_heads} heads, width {m.d_model}, context {config.data.seq_len}, "
         f"batch {t.batch_size}, attention {m.attention_impl}, dtype {m.dtype}, dropout {m.dropout_rate}, "
         f"{t.steps_per_call} steps per call; {result['steps']} steps, {result['intervals']} timed intervals of "

@@ -6,23 +6,34 @@ import ctypes
 import ctypes.util
 import logging
 
+from ml_collections import ConfigDict
+
 # glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-# One heap, no mapped blocks, never trimmed: see keep_freed_memory.
-_KEEP_ALL = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
+KEEP_UP_TO_BYTES = 1 << 30
+# Blocks up to 1 GiB from the heaps, which keep up to 1 GiB of freed memory.
+_THRESHOLDS = ((_M_MMAP_THRESHOLD, KEEP_UP_TO_BYTES), (_M_TRIM_THRESHOLD, KEEP_UP_TO_BYTES))
+# One heap for every thread, no mapped blocks, never trimmed.
+_ONE_HEAP = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+# Estimated step temporaries above which one heap pays (see keep_freed_memory).
+ONE_HEAP_ABOVE_BYTES = 1 << 30
 
 
-def keep_freed_memory() -> bool:
-  """Makes glibc's malloc serve every block from one heap that it never gives back to the system.
+def keep_freed_memory(one_heap: bool = False) -> bool:
+  """Makes glibc's malloc keep freed memory for reuse instead of giving it back to the system.
 
   XLA's CPU runtime allocates every call's outputs and temporaries afresh. With glibc's defaults, large
   blocks are fresh mappings, unmapped when freed, so each call of a train step faults its pages in again
-  and the kernel zeroes them: 62 -> 44 ms a step of the small Shakespeare model, and 2.4 million faults
-  (11 s of system time) per call of the big one, when measured (docs/performance.md). Raising the mmap
-  threshold is not enough: it is a C int, below the big model's 6 GiB of temporaries, and threads other
-  than the first get arenas of at most 64 MiB that map anything larger whatever the threshold. Hence one
-  arena, no mappings and no trimming. The cost: the process keeps its peak heap. Call it before other
-  threads allocate, since arenas already made stay in use.
+  and the kernel zeroes them. By default this raises the mmap and trim thresholds to 1 GiB: 62 -> 44 ms
+  a step of the small Shakespeare model when measured (docs/performance.md).
+
+  That is not enough for a big step: the thresholds are C ints, and threads other than the first get
+  arenas of at most 64 MiB that map anything larger whatever the threshold, as XLA's 7 GiB of temporaries
+  for the big Shakespeare recipe were (2.4 million faults per call of 2 steps). `one_heap` serves every
+  thread from the main heap with no mappings and no trimming: that step went 11.3 -> 9.65 s. It is not
+  the default because the shared heap's lock costs small steps ~12% (38 -> 42 ms, 48 MB of temporaries).
+  Either way the process keeps its peak heap. Call it before other threads allocate: arenas already
+  made stay in use.
 
   Returns:
     True if the settings were applied; False where the C library is not glibc (nothing changes).
@@ -32,7 +43,27 @@ def keep_freed_memory() -> bool:
     mallopt = ctypes.CDLL(name).mallopt
   except (OSError, AttributeError, TypeError):
     return False
-  refused = [parameter for parameter, value in _KEEP_ALL if not mallopt(parameter, value)]
+  refused = [parameter for parameter, value in (_ONE_HEAP if one_heap else _THRESHOLDS)
+             if not mallopt(parameter, value)]
   if refused:
     logging.info("malloc settings not all applied (mallopt refused parameters %s)", refused)
   return not refused
+
+
+def estimated_step_temporaries(config: ConfigDict) -> int:
+  """A rough size in bytes of the float32 activations a train step of `config` keeps for its backward pass.
+
+  Per layer and token: about ten vectors of width D, three of the MLP width, and, unless attention is
+  chunked, the weights and their dropout of every head over the context. Within 2x of XLA's own account
+  for the Shakespeare recipes (41 MB against 48 MB; 4.5 GB against 7 GB): enough to choose a malloc setting.
+  """
+  m = config.model
+  mlp_dim = m.mlp_dim or 4 * m.d_model
+  pattern = 0 if m.attention_impl == "chunked" else 2 * m.num_heads * config.data.seq_len
+  per_token_layer = 10 * m.d_model + 3 * mlp_dim + pattern
+  return 4 * config.train.batch_size * config.data.seq_len * m.num_layers * per_token_layer
+
+
+def one_heap_pays(config: ConfigDict) -> bool:
+  """Whether keep_freed_memory should use one heap for runs of `config` (its step's temporaries > 1 GiB)."""
+  return estimated_step_temporaries(config) > ONE_HEAP_ABOVE_BYTES

@@ -349,10 +349,19 @@ def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int =
   return trained
 
 
+def _keep_freed_memory(sweep: ConfigDict) -> None:
+  """host.keep_freed_memory as for the sweep's base config (a base that does not load is reported later)."""
+  try:
+    one_heap = host.one_heap_pays(sweep_space.load_config_file(sweep.base))
+  except (FileNotFoundError, ValueError, TypeError, AttributeError):
+    one_heap = False
+  host.keep_freed_memory(one_heap)
+
+
 def _worker_process(sweep_dict: dict, sweepdir: str, storage_url: str, worker_index: int) -> None:
   # Warnings and errors only: a worker's INFO lines (orbax, TFDS) would bury the trials' own messages.
   logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_index}] %(levelname)s %(message)s")
-  host.keep_freed_memory()
+  _keep_freed_memory(ConfigDict(sweep_dict))
   try:
     work(ConfigDict(sweep_dict), sweepdir, storage_url, worker_index)
   except KeyboardInterrupt:
@@ -425,7 +434,7 @@ def main(argv):
   sweep = args.config
   workers = args.workers if args.workers is not None else sweep.workers
   signal.signal(signal.SIGTERM, _raise_interrupt)
-  host.keep_freed_memory()  # for trials run in this process (workers <= 1); spawned workers apply it themselves
+  _keep_freed_memory(sweep)  # for trials run in this process (workers <= 1); spawned workers apply it themselves
   try:
     counts = run(sweep, args.workdir, args.storage, workers, args.retry_failed)
   except SweepError as error:

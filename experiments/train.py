@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.host import keep_freed_memory
+from experiments.host import keep_freed_memory, one_heap_pays
 from experiments.runner import ConfigError, NonFiniteLoss, WorkdirLocked, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (with :arg for variants).")
@@ -43,7 +43,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("--config and --workdir are required")
-  keep_freed_memory()
+  keep_freed_memory(one_heap=one_heap_pays(_CONFIG.value))
   initialize_distributed()
   try:
     summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
