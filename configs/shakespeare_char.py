@@ -16,8 +16,8 @@ warmup steps then cosine decay to 1e-4, and the data: TFDS's `train` split is na
 (the first 90% of input.txt) and `validation+test` its validation text.
 What differs: the vocabulary has one more token (id 0, for characters the training text lacks);
 training windows are drawn without replacement within an epoch; the validation loss is the mean
-over every character of the validation text, not an estimate from random windows; GELU is tanh; learned positions start at std 0.01 (GPT-2's),
-not 0.02.
+over every character of the validation text, not an estimate from random windows; GELU is tanh;
+learned positions start at std 0.01 (GPT-2's), not 0.02.
 """
 
 from configs import base

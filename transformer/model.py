@@ -94,18 +94,17 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BLD, positions_BL, segment_ids_BL=None, deterministic=True, decode=False):
     c = self.config
-    residual_dropout = Dropout(c.dropout_rate)
-    dropout = lambda x_BLD: residual_dropout(x_BLD, deterministic)
+    dropout = Dropout(c.dropout_rate)
     attention = MultiHeadAttention(c, name="attention")
     mlp = Mlp(c, name="mlp")
     if c.post_ln:
       x_BLD = LayerNorm(c, name="attention_norm")(
-          x_BLD + dropout(attention(x_BLD, positions_BL, segment_ids_BL, deterministic, decode)))
-      x_BLD = LayerNorm(c, name="mlp_norm")(x_BLD + dropout(mlp(x_BLD)))
+          x_BLD + dropout(attention(x_BLD, positions_BL, segment_ids_BL, deterministic, decode), deterministic))
+      x_BLD = LayerNorm(c, name="mlp_norm")(x_BLD + dropout(mlp(x_BLD), deterministic))
     else:
       x_BLD = x_BLD + dropout(attention(LayerNorm(c, name="attention_norm")(x_BLD), positions_BL, segment_ids_BL,
-                                        deterministic, decode))
-      x_BLD = x_BLD + dropout(mlp(LayerNorm(c, name="mlp_norm")(x_BLD)))
+                                        deterministic, decode), deterministic)
+      x_BLD = x_BLD + dropout(mlp(LayerNorm(c, name="mlp_norm")(x_BLD)), deterministic)
     # The residual stream after each block, for inspection (a no-op unless 'intermediates' is mutable).
     self.sow("intermediates", "residual", x_BLD)
     return x_BLD
