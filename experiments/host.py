@@ -31,9 +31,9 @@ def keep_freed_memory(one_heap: bool = False) -> bool:
   arenas of at most 64 MiB that map anything larger whatever the threshold, as XLA's 7 GiB of temporaries
   for the big Shakespeare recipe were (2.4 million faults per call of 2 steps). `one_heap` serves every
   thread from the main heap with no mappings and no trimming: that step went 11.3 -> 9.65 s. It is not
-  the default because the shared heap's lock costs small steps ~12% (38 -> 42 ms, 48 MB of temporaries).
-  Either way the process keeps its peak heap. Call it before other threads allocate: arenas already
-  made stay in use.
+  the default because it costs small steps ~10% (38 -> 42 ms, 48 MB of temporaries; likely the lock that
+  every thread then shares). Either way the process keeps its peak heap. Call it before other threads
+  allocate: arenas already made stay in use.
 
   Returns:
     True if the settings were applied; False where the C library is not glibc (nothing changes).
