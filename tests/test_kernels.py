@@ -209,6 +209,58 @@ def test_chunked_gradient_without_dropout_equals_reference_gradient(spec):
 
 
 # ----------------------------------------------------------------------------------------------
+# Query tiles of the reference kernel: the same function, with the key blocks after each tile skipped.
+
+
+@given(
+    spec=st.sampled_from((MaskSpec("causal"), MaskSpec("sliding_window", window=2))),
+    heads_kv=st.sampled_from([(1, 1), (2, 1), (4, 2)]),
+    length_tiles=st.sampled_from([(2, 2), (7, 2), (7, 3), (8, 4), (5, 5)]),
+    packed=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_query_tiles_equal_one_tile(spec, heads_kv, length_tiles, packed, seed):
+  (heads, kv_heads), (length, tiles) = heads_kv, length_tiles
+  q, k, v = random_qkv(seed, 2, length, length, heads, kv_heads)
+  q_pos, k_pos = positions_for(2, length, length)
+  q_seg, k_seg = random_segments(seed, 2, length, length) if packed else (None, None)
+  if packed:  # positions restart in every segment, as the packed data has them
+    q_pos = k_pos = jnp.asarray([[i - list(row).index(s) for i, s in enumerate(row)] for row in np.asarray(k_seg)])
+  allowed = spec(q_pos, k_pos, q_seg, k_seg)
+  cotangent = jnp.asarray(np.random.RandomState(seed + 1).randn(2, length, heads, 3), jnp.float32)
+
+  @functools.partial(jax.jit, static_argnames="query_tiles")
+  def outputs_and_grads(q, k, v, query_tiles):
+    fn = lambda q, k, v: kernels.reference_attention(q, k, v, allowed, scale=0.6, query_tiles=query_tiles)
+    (mixed, weights), vjp = jax.vjp(fn, q, k, v)
+    return mixed, weights, vjp((cotangent, jnp.zeros_like(weights)))
+
+  mixed, weights, grads = outputs_and_grads(q, k, v, query_tiles=tiles)
+  expected_mixed, expected_weights, expected_grads = outputs_and_grads(q, k, v, query_tiles=1)
+  np.testing.assert_allclose(mixed, expected_mixed, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(weights) == 0, np.asarray(expected_weights) == 0)
+  for name, g, e in zip("qkv", grads, expected_grads):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5, err_msg=f"d{name}")
+
+
+def test_query_tiles_for_causal_masks_of_long_sequences_only():
+  assert kernels.query_tiles_for("causal", 64) == 1  # tiles under MIN_QUERY_TILE queries cost more than they save
+  assert kernels.query_tiles_for("causal", 256) == 2
+  assert kernels.query_tiles_for("sliding_window", 300) == 2
+  assert kernels.query_tiles_for("causal", 8192) == kernels.MAX_QUERY_TILES
+  assert kernels.query_tiles_for("prefix", 8192) == 1  # prefix queries see later keys
+  assert kernels.query_tiles_for("none", 8192) == 1
+
+
+def test_query_tiles_need_self_attention():
+  q, k, v = random_qkv(3, 1, 2, 5, 1, 1)
+  q_pos, k_pos = positions_for(1, 2, 5)
+  with pytest.raises(ValueError, match="query_tiles=2 needs self-attention"):
+    kernels.reference_attention(q, k, v, MaskSpec("causal")(q_pos, k_pos), scale=1.0, query_tiles=2)
+
+
+# ----------------------------------------------------------------------------------------------
 # Fully masked rows give zeros, never NaN.
 
 
@@ -278,7 +330,7 @@ def test_chunked_fully_masked_row_gives_zeros():
 # Attention dropout.
 
 
-@pytest.mark.parametrize("kernel", ["reference", "chunked"])
+@pytest.mark.parametrize("kernel", ["reference", "reference_tiled", "chunked"])
 def test_attention_dropout_zeroes_weights_and_rescales_the_rest(kernel):
   # With one-hot values (R = M), each output entry is one mixing weight: dropped (0) or kept and scaled by
   # 1 / (1 - rate).
@@ -290,9 +342,10 @@ def test_attention_dropout_zeroes_weights_and_rescales_the_rest(kernel):
   _, weights_BHLM = reference(q, k, v, q_pos, k_pos, None, None, spec=spec, scale=0.5)
   weights_BLHM = jnp.moveaxis(weights_BHLM, 1, 2)
   rng = jax.random.key(16)
-  if kernel == "reference":
+  if kernel.startswith("reference"):
+    tiles = 3 if kernel == "reference_tiled" else 1
     mixed = jax.jit(lambda rng: kernels.reference_attention(
-        q, k, v, spec(q_pos, k_pos), scale=0.5, dropout_rate=rate, dropout_rng=rng)[0])(rng)
+        q, k, v, spec(q_pos, k_pos), scale=0.5, dropout_rate=rate, dropout_rng=rng, query_tiles=tiles)[0])(rng)
   else:
     mixed = chunked(q, k, v, q_pos, k_pos, None, None, rng, spec=spec, scale=0.5, chunk_size=3, dropout_rate=rate)
   allowed = np.asarray(weights_BLHM) > 0

@@ -176,8 +176,11 @@ class MultiHeadAttention(nn.Module):
     dropout_rng = self.make_rng("dropout") if not deterministic and rate > 0.0 else None
     if c.attention_impl == "reference" or decode:
       allowed_BLM = spec(positions_BL, k_positions_BM, segment_ids_BL, k_segment_ids_BM)
+      # Decoding attends to the cache (more keys than queries): one tile.
+      query_tiles = 1 if decode else kernels.query_tiles_for(spec.kind, q_BLHK.shape[1])
       mixed_BLHR, weights_BHLM = kernels.reference_attention(
-          q_BLHK, k_BLGK, v_BLGR, allowed_BLM, scale=c.scale, dropout_rate=rate, dropout_rng=dropout_rng)
+          q_BLHK, k_BLGK, v_BLGR, allowed_BLM, scale=c.scale, dropout_rate=rate, dropout_rng=dropout_rng,
+          query_tiles=query_tiles)
       if self.is_mutable_collection("intermediates"):
         self.sow("intermediates", "attention_weights", weights_BHLM)
     else:

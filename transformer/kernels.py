@@ -58,36 +58,27 @@ def dropout_scale(rng: jax.Array, rate: float, shape) -> jax.Array:
   return keep.astype(jnp.float32) / (1.0 - rate)
 
 
-def reference_attention(
-    q_BLHK: jax.Array,
-    k_BMGK: jax.Array,
-    v_BMGR: jax.Array,
-    allowed_BLM: jax.Array,
-    *,
-    scale: float,
-    dropout_rate: float = 0.0,
-    dropout_rng: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-  """Softmax attention written as the math reads.
+# Query tiles of the reference kernel under causal masks (see query_tiles_for). On the project's 2-core CPU
+# two tiles made the big Shakespeare step (T = 256) 6-11% faster and four were no better than two, while
+# tiles of 32 and 16 queries (T = 64) made the small step 4% and 12% slower (docs/performance.md).
+MIN_QUERY_TILE = 128
+MAX_QUERY_TILES = 4
 
-  Args:
-    q_BLHK: queries.
-    k_BMGK: keys.
-    v_BMGR: values (value-down outputs, or full D-wide values).
-    allowed_BLM: the mask, True where a query may attend to a key.
-    scale: the factor on q.k.
-    dropout_rate: dropout on the attention weights (applied when dropout_rng is given).
-    dropout_rng: PRNG key for that dropout; None for no dropout.
 
-  Returns:
-    (mixed_BLHR, weights_BHLM): each head's weighted sum of values, and the attention weights
-    (exactly 0 where masked; rows with no allowed key are all 0).
+def query_tiles_for(mask_kind: str, length: int) -> int:
+  """How many query tiles the reference kernel should use for self-attention over `length` tokens.
+
+  Under the causal and sliding-window masks no query may attend to a later key (positions increase along
+  a sequence and each packed segment), so a tile of queries needs only the keys up to its own end:
+  with n tiles the kernel computes (n + 1) / 2n of the pattern. Other masks get one tile.
   """
-  q_per_group = q_BLHK.shape[2] // k_BMGK.shape[2]
-  # Query head h uses key/value head h // Q. Repeating those to H heads keeps every array 4-D: XLA's
-  # CPU backend ran the 5-D grouped form (with a size-1 axis when G = H) at half the speed.
-  k_BMHK = jnp.repeat(k_BMGK, q_per_group, axis=2)
-  v_BMHR = jnp.repeat(v_BMGR, q_per_group, axis=2)
+  if mask_kind not in ("causal", "sliding_window"):
+    return 1
+  return max(1, min(MAX_QUERY_TILES, length // MIN_QUERY_TILE))
+
+
+def _attend(q_BLHK, k_BMHK, v_BMHR, allowed_BLM, scale, dropout_rate, dropout_rng):
+  """Softmax attention with as many key/value heads as query heads: (mixed_BLHR, weights_BHLM)."""
   # float32 scores whatever the compute dtype (see _scores).
   scores_BHLM = jnp.einsum("BLHK,BMHK->BHLM", q_BLHK, k_BMHK, preferred_element_type=jnp.float32) * scale
   allowed_B1LM = allowed_BLM[:, None]
@@ -102,6 +93,56 @@ def reference_attention(
     mixing_BHLM = weights_BHLM * dropout_scale(dropout_rng, dropout_rate, weights_BHLM.shape)
   mixed_BLHR = jnp.einsum("BHLM,BMHR->BLHR", mixing_BHLM.astype(v_BMHR.dtype), v_BMHR)
   return mixed_BLHR, weights_BHLM
+
+
+def reference_attention(
+    q_BLHK: jax.Array,
+    k_BMGK: jax.Array,
+    v_BMGR: jax.Array,
+    allowed_BLM: jax.Array,
+    *,
+    scale: float,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    query_tiles: int = 1,
+) -> tuple[jax.Array, jax.Array]:
+  """Softmax attention written as the math reads.
+
+  Args:
+    q_BLHK: queries.
+    k_BMGK: keys.
+    v_BMGR: values (value-down outputs, or full D-wide values).
+    allowed_BLM: the mask, True where a query may attend to a key.
+    scale: the factor on q.k.
+    dropout_rate: dropout on the attention weights (applied when dropout_rng is given).
+    dropout_rng: PRNG key for that dropout; None for no dropout.
+    query_tiles: computes the queries in this many tiles, each against the keys up to its own end only.
+      Exact only when no query may attend to a later key (self-attention under a causal or sliding-window
+      mask; see query_tiles_for); the caller decides. Each tile draws its own dropout key.
+
+  Returns:
+    (mixed_BLHR, weights_BHLM): each head's weighted sum of values, and the attention weights
+    (exactly 0 where masked; rows with no allowed key are all 0).
+  """
+  length, q_per_group = q_BLHK.shape[1], q_BLHK.shape[2] // k_BMGK.shape[2]
+  if query_tiles > 1 and k_BMGK.shape[1] != length:
+    raise ValueError(f"query_tiles={query_tiles} needs self-attention (as many keys as queries, got "
+                     f"{k_BMGK.shape[1]} and {length}); use query_tiles=1")
+  # Query head h uses key/value head h // Q. Repeating those to H heads keeps every array 4-D: XLA's
+  # CPU backend ran the 5-D grouped form (with a size-1 axis when G = H) at half the speed.
+  k_BMHK = jnp.repeat(k_BMGK, q_per_group, axis=2)
+  v_BMHR = jnp.repeat(v_BMGR, q_per_group, axis=2)
+  if query_tiles <= 1:
+    return _attend(q_BLHK, k_BMHK, v_BMHR, allowed_BLM, scale, dropout_rate, dropout_rng)
+  ends = [round(length * (i + 1) / query_tiles) for i in range(query_tiles)]
+  mixed, weights = [], []
+  for i, (start, end) in enumerate(zip([0] + ends[:-1], ends)):
+    tile_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+    tile_mixed_BLHR, tile_weights_BHLM = _attend(q_BLHK[:, start:end], k_BMHK[:, :end], v_BMHR[:, :end],
+                                                 allowed_BLM[:, start:end, :end], scale, dropout_rate, tile_rng)
+    mixed.append(tile_mixed_BLHR)
+    weights.append(jnp.pad(tile_weights_BHLM, ((0, 0), (0, 0), (0, 0), (0, length - end))))
+  return jnp.concatenate(mixed, axis=1), jnp.concatenate(weights, axis=2)
 
 
 # ----------------------------------------------------------------------------------------------
