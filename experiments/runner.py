@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import checkpoint, sharding, training_probes, validation
+from experiments import checkpoint, host, sharding, training_probes, validation
 from experiments.data import datasets, pipeline, tokenizers
 from experiments.metrics import MetricWriter, device_peak_flops, write_json
 from experiments.optimizer import learning_rate_schedule, make_optimizer
@@ -348,6 +348,9 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
       best.update(metrics, step=step)
     return metrics
 
+  # Where the train command gave every thread one heap (big steps), growth of that heap past one call's
+  # needs is undone between calls (see host.HeapGuard).
+  heap_guard = host.HeapGuard(host.estimated_step_temporaries(config) // 2) if host.one_heap_pays(config) else None
   with Preemption() as preemption:
     step = first_step
     while step < t.steps:
@@ -356,6 +359,12 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
       batches = sharding.global_batches([next(iterator) for _ in range(count)], trainer.mesh)
       data_wait += time.perf_counter() - wait_start
       state, metrics = trainer.train_steps(state, batches)
+      if heap_guard is not None:
+        if heap_guard.settled_bytes is None:
+          jax.block_until_ready(state)  # settled: the first call has compiled and run, its temporaries resident
+          heap_guard.settle()
+        else:
+          heap_guard.check()
       pending.append((step + 1, metrics))
       step += count
       timer_steps += count

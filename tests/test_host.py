@@ -79,3 +79,41 @@ def test_one_heap_for_the_big_recipe_only():
   chunked = shakespeare_char.get_config("gpu")
   chunked.model.attention_impl = "chunked"
   assert host.estimated_step_temporaries(chunked) < host.estimated_step_temporaries(shakespeare_char.get_config("gpu"))
+
+
+GROWTH_PROBE = """
+import ctypes, ctypes.util, json, sys
+from experiments import host
+size = int(sys.argv[1])
+host.keep_freed_memory(one_heap=True)
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+guard = host.HeapGuard(slack_bytes=size // 4)
+guard.settle()
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)
+later = libc.malloc(4096)  # keeps the freed block inside the heap rather than at its top
+libc.free(block)
+grown = host.resident_bytes() - guard.settled_bytes
+trimmed = guard.check()
+after = host.resident_bytes() - guard.settled_bytes
+print(json.dumps({"grown": grown, "trimmed": trimmed, "after": after, "again": guard.check()}))
+"""
+
+
+@glibc_only
+def test_heap_guard_gives_back_a_grown_heap():
+  # One heap keeps a freed block resident; the guard's check finds the process grown past its settled
+  # size and releases the block's pages, then finds nothing more to do.
+  result = subprocess.run([sys.executable, "-c", GROWTH_PROBE, str(BLOCK_BYTES)], cwd=REPO, capture_output=True,
+                          text=True, check=True, timeout=120)
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["grown"] > BLOCK_BYTES * 0.9
+  assert report["trimmed"] is True
+  assert report["after"] < BLOCK_BYTES // 4
+  assert report["again"] is False
+
+
+def test_heap_guard_does_nothing_before_it_settles():
+  assert host.HeapGuard(slack_bytes=0).check() is False

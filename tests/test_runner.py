@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs import base
-from experiments import checkpoint, runner, validation
+from experiments import checkpoint, host, runner, validation
 from experiments.metrics import read_metrics
 from experiments.runner import ConfigError, NonFiniteLoss, WorkdirLocked, train_and_evaluate
 
@@ -104,6 +104,35 @@ def test_steps_per_call_changes_no_step(tfds_data_dir, tmp_path):
   np.testing.assert_allclose(runs[1][0][5], runs[5][0][5], rtol=1e-6)
   for x, y in zip(jax.tree.leaves(runs[1][1]), jax.tree.leaves(runs[5][1])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+
+
+def test_heap_guard_changes_no_step(tfds_data_dir, tmp_path, monkeypatch):
+  """With the heap guard of big steps switched on (and trimming whenever the process grows), the run's
+  losses and parameters are bitwise those of a run without it."""
+  checks = []
+  original_check = host.HeapGuard.check
+
+  def counted_check(guard):
+    checks.append(guard.slack_bytes)
+    return original_check(guard)
+
+  runs = {}
+  for guarded in (False, True):
+    c = tiny_config(tfds_data_dir, steps=6)
+    c.train.log_every, c.train.steps_per_call = 2, 2
+    c.model.dropout_rate = 0.1
+    if guarded:
+      monkeypatch.setattr(host, "ONE_HEAP_ABOVE_BYTES", -1)
+      monkeypatch.setattr(host.HeapGuard, "check", counted_check)
+      monkeypatch.setattr(host, "estimated_step_temporaries", lambda config: 0)  # trim at any growth
+    workdir = str(tmp_path / str(guarded))
+    train_and_evaluate(c, workdir)
+    trainer = runner.Trainer(validation.resolve(c), workdir)
+    runs[guarded] = (losses(workdir), checkpoint.restore_params(workdir, trainer.abstract_state.params)[0])
+  assert len(checks) == 2  # the first of three calls settles, the other two check
+  assert runs[True][0] == runs[False][0]
+  for x, y in zip(jax.tree.leaves(runs[True][1]), jax.tree.leaves(runs[False][1])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @given(steps=st.integers(1, 60), per_call=st.integers(1, 12), log=st.integers(1, 20), evaluate=st.integers(0, 20),
