@@ -213,13 +213,14 @@ def test_chunked_gradient_without_dropout_equals_reference_gradient(spec):
 
 
 @given(
+    kernel=st.sampled_from(["reference", "chunked"]),
     spec=st.sampled_from((MaskSpec("causal"), MaskSpec("sliding_window", window=2))),
     heads_kv=st.sampled_from([(1, 1), (2, 1), (4, 2)]),
     length_tiles=st.sampled_from([(2, 2), (7, 2), (7, 3), (8, 4), (5, 5)]),
     packed=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_query_tiles_equal_one_tile(spec, heads_kv, length_tiles, packed, seed):
+def test_query_tiles_equal_one_tile(kernel, spec, heads_kv, length_tiles, packed, seed):
   (heads, kv_heads), (length, tiles) = heads_kv, length_tiles
   q, k, v = random_qkv(seed, 2, length, length, heads, kv_heads)
   q_pos, k_pos = positions_for(2, length, length)
@@ -231,7 +232,11 @@ def test_query_tiles_equal_one_tile(spec, heads_kv, length_tiles, packed, seed):
 
   @functools.partial(jax.jit, static_argnames="query_tiles")
   def outputs_and_grads(q, k, v, query_tiles):
-    fn = lambda q, k, v: kernels.reference_attention(q, k, v, allowed, scale=0.6, query_tiles=query_tiles)
+    if kernel == "chunked":  # no weights: zeros stand in for them
+      fn = lambda q, k, v: (kernels.chunked_attention(q, k, v, spec, q_pos, k_pos, q_seg, k_seg, scale=0.6,
+                                                      chunk_size=2, query_tiles=query_tiles), jnp.zeros(()))
+    else:
+      fn = lambda q, k, v: kernels.reference_attention(q, k, v, allowed, scale=0.6, query_tiles=query_tiles)
     (mixed, weights), vjp = jax.vjp(fn, q, k, v)
     return mixed, weights, vjp((cotangent, jnp.zeros_like(weights)))
 
@@ -256,8 +261,11 @@ def test_query_tiles_for_causal_masks_of_long_sequences_only():
 def test_query_tiles_need_self_attention():
   q, k, v = random_qkv(3, 1, 2, 5, 1, 1)
   q_pos, k_pos = positions_for(1, 2, 5)
+  spec = MaskSpec("causal")
   with pytest.raises(ValueError, match="query_tiles=2 needs self-attention"):
-    kernels.reference_attention(q, k, v, MaskSpec("causal")(q_pos, k_pos), scale=1.0, query_tiles=2)
+    kernels.reference_attention(q, k, v, spec(q_pos, k_pos), scale=1.0, query_tiles=2)
+  with pytest.raises(ValueError, match="query_tiles=2 needs self-attention"):
+    kernels.chunked_attention(q, k, v, spec, q_pos, k_pos, scale=1.0, query_tiles=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,7 +338,7 @@ def test_chunked_fully_masked_row_gives_zeros():
 # Attention dropout.
 
 
-@pytest.mark.parametrize("kernel", ["reference", "reference_tiled", "chunked"])
+@pytest.mark.parametrize("kernel", ["reference", "reference_tiled", "chunked", "chunked_tiled"])
 def test_attention_dropout_zeroes_weights_and_rescales_the_rest(kernel):
   # With one-hot values (R = M), each output entry is one mixing weight: dropped (0) or kept and scaled by
   # 1 / (1 - rate).
@@ -347,7 +355,9 @@ def test_attention_dropout_zeroes_weights_and_rescales_the_rest(kernel):
     mixed = jax.jit(lambda rng: kernels.reference_attention(
         q, k, v, spec(q_pos, k_pos), scale=0.5, dropout_rate=rate, dropout_rng=rng, query_tiles=tiles)[0])(rng)
   else:
-    mixed = chunked(q, k, v, q_pos, k_pos, None, None, rng, spec=spec, scale=0.5, chunk_size=3, dropout_rate=rate)
+    tiles = 3 if kernel == "chunked_tiled" else 1
+    mixed = jax.jit(lambda rng: kernels.chunked_attention(q, k, v, spec, q_pos, k_pos, scale=0.5, chunk_size=3,
+                                                          dropout_rate=rate, dropout_rng=rng, query_tiles=tiles))(rng)
   allowed = np.asarray(weights_BLHM) > 0
   ratio = np.asarray(mixed)[allowed] / np.asarray(weights_BLHM)[allowed]
   kept = np.isclose(ratio, 1.0 / (1.0 - rate), rtol=1e-4)

@@ -174,10 +174,10 @@ class MultiHeadAttention(nn.Module):
 
     rate = c.attention_dropout_rate
     dropout_rng = self.make_rng("dropout") if not deterministic and rate > 0.0 else None
+    # Decoding attends to the cache (more keys than queries): one tile.
+    query_tiles = 1 if decode else kernels.query_tiles_for(spec.kind, q_BLHK.shape[1])
     if c.attention_impl == "reference" or decode:
       allowed_BLM = spec(positions_BL, k_positions_BM, segment_ids_BL, k_segment_ids_BM)
-      # Decoding attends to the cache (more keys than queries): one tile.
-      query_tiles = 1 if decode else kernels.query_tiles_for(spec.kind, q_BLHK.shape[1])
       mixed_BLHR, weights_BHLM = kernels.reference_attention(
           q_BLHK, k_BLGK, v_BLGR, allowed_BLM, scale=c.scale, dropout_rate=rate, dropout_rng=dropout_rng,
           query_tiles=query_tiles)
@@ -185,7 +185,7 @@ class MultiHeadAttention(nn.Module):
         self.sow("intermediates", "attention_weights", weights_BHLM)
     else:
       core = kernels.chunked_attention if c.attention_impl == "chunked" else kernels.auto_attention
-      extra = {"contiguous": contiguous} if c.attention_impl == "auto" else {}
+      extra = {"contiguous": contiguous} if c.attention_impl == "auto" else {"query_tiles": query_tiles}
       mixed_BLHR = core(q_BLHK, k_BLGK, v_BLGR, spec, positions_BL, k_positions_BM, segment_ids_BL,
                         k_segment_ids_BM, scale=c.scale, chunk_size=c.chunk_size, dropout_rate=rate,
                         dropout_rng=dropout_rng, **extra)

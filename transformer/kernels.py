@@ -66,7 +66,7 @@ MAX_QUERY_TILES = 4
 
 
 def query_tiles_for(mask_kind: str, length: int) -> int:
-  """How many query tiles the reference kernel should use for self-attention over `length` tokens.
+  """How many query tiles the reference and chunked kernels should use for self-attention over `length` tokens.
 
   Under the causal and sliding-window masks no query may attend to a later key (positions increase along
   a sequence and each packed segment), so a tile of queries needs only the keys up to its own end:
@@ -75,6 +75,18 @@ def query_tiles_for(mask_kind: str, length: int) -> int:
   if mask_kind not in ("causal", "sliding_window"):
     return 1
   return max(1, min(MAX_QUERY_TILES, length // MIN_QUERY_TILE))
+
+
+def _query_tiles(query_tiles: int, length: int, keys: int, dropout_rng: jax.Array | None):
+  """(queries, key_end, dropout_rng) of each tile: its queries attend to the keys before key_end."""
+  if query_tiles <= 1:
+    return [(slice(None), keys, dropout_rng)]
+  if keys != length:
+    raise ValueError(f"query_tiles={query_tiles} needs self-attention (as many keys as queries, got {keys} and "
+                     f"{length}); use query_tiles=1")
+  ends = [round(length * (i + 1) / query_tiles) for i in range(query_tiles)]
+  return [(slice(start, end), end, None if dropout_rng is None else jax.random.fold_in(dropout_rng, i))
+          for i, (start, end) in enumerate(zip([0] + ends[:-1], ends))]
 
 
 def _attend(q_BLHK, k_BMHK, v_BMHR, allowed_BLM, scale, dropout_rate, dropout_rng):
@@ -124,24 +136,20 @@ def reference_attention(
     (mixed_BLHR, weights_BHLM): each head's weighted sum of values, and the attention weights
     (exactly 0 where masked; rows with no allowed key are all 0).
   """
-  length, q_per_group = q_BLHK.shape[1], q_BLHK.shape[2] // k_BMGK.shape[2]
-  if query_tiles > 1 and k_BMGK.shape[1] != length:
-    raise ValueError(f"query_tiles={query_tiles} needs self-attention (as many keys as queries, got "
-                     f"{k_BMGK.shape[1]} and {length}); use query_tiles=1")
+  q_per_group = q_BLHK.shape[2] // k_BMGK.shape[2]
+  tiles = _query_tiles(query_tiles, q_BLHK.shape[1], k_BMGK.shape[1], dropout_rng)
   # Query head h uses key/value head h // Q. Repeating those to H heads keeps every array 4-D: XLA's
   # CPU backend ran the 5-D grouped form (with a size-1 axis when G = H) at half the speed.
   k_BMHK = jnp.repeat(k_BMGK, q_per_group, axis=2)
   v_BMHR = jnp.repeat(v_BMGR, q_per_group, axis=2)
-  if query_tiles <= 1:
+  if len(tiles) == 1:
     return _attend(q_BLHK, k_BMHK, v_BMHR, allowed_BLM, scale, dropout_rate, dropout_rng)
-  ends = [round(length * (i + 1) / query_tiles) for i in range(query_tiles)]
   mixed, weights = [], []
-  for i, (start, end) in enumerate(zip([0] + ends[:-1], ends)):
-    tile_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-    tile_mixed_BLHR, tile_weights_BHLM = _attend(q_BLHK[:, start:end], k_BMHK[:, :end], v_BMHR[:, :end],
-                                                 allowed_BLM[:, start:end, :end], scale, dropout_rate, tile_rng)
+  for queries, key_end, tile_rng in tiles:
+    tile_mixed_BLHR, tile_weights_BHLM = _attend(q_BLHK[:, queries], k_BMHK[:, :key_end], v_BMHR[:, :key_end],
+                                                 allowed_BLM[:, queries, :key_end], scale, dropout_rate, tile_rng)
     mixed.append(tile_mixed_BLHR)
-    weights.append(jnp.pad(tile_weights_BHLM, ((0, 0), (0, 0), (0, 0), (0, length - end))))
+    weights.append(jnp.pad(tile_weights_BHLM, ((0, 0), (0, 0), (0, 0), (0, k_BMHK.shape[1] - key_end))))
   return jnp.concatenate(mixed, axis=1), jnp.concatenate(weights, axis=2)
 
 
@@ -269,6 +277,7 @@ def chunked_attention(
     chunk_size: int = 128,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    query_tiles: int = 1,
 ) -> jax.Array:
   """Softmax attention over key blocks of `chunk_size`: memory linear in M, forward and backward.
 
@@ -283,6 +292,7 @@ def chunked_attention(
     chunk_size: keys per block.
     dropout_rate: dropout on the attention weights (applied when dropout_rng is given).
     dropout_rng: PRNG key for that dropout; None for no dropout.
+    query_tiles: as in reference_attention: each tile of queries runs over the key blocks up to its end.
 
   Returns:
     mixed_BLHR: each head's weighted sum of values.
@@ -292,9 +302,11 @@ def chunked_attention(
     k_segment_ids_BM = jnp.zeros(k_positions_BM.shape, jnp.int32)
   if dropout_rate <= 0.0:
     dropout_rng = None
-  chunk = min(chunk_size, k_BMGK.shape[1])
-  return _chunked(spec, float(scale), chunk, float(dropout_rate), q_BLHK, k_BMGK, v_BMGR, q_positions_BL,
-                  k_positions_BM, q_segment_ids_BL, k_segment_ids_BM, dropout_rng)
+  mixed = [_chunked(spec, float(scale), min(chunk_size, key_end), float(dropout_rate), q_BLHK[:, queries],
+                    k_BMGK[:, :key_end], v_BMGR[:, :key_end], q_positions_BL[:, queries], k_positions_BM[:, :key_end],
+                    q_segment_ids_BL[:, queries], k_segment_ids_BM[:, :key_end], tile_rng)
+           for queries, key_end, tile_rng in _query_tiles(query_tiles, q_BLHK.shape[1], k_BMGK.shape[1], dropout_rng)]
+  return mixed[0] if len(mixed) == 1 else jnp.concatenate(mixed, axis=1)
 
 
 # ----------------------------------------------------------------------------------------------
