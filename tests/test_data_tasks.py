@@ -1,5 +1,6 @@
 """Tests of experiments/data/tasks.py: token layouts, determinism, size checks, preparation."""
 
+import errno
 import os
 
 from hypothesis import given, settings, strategies as st
@@ -244,6 +245,22 @@ def test_default_config_prepares(tmp_path):
   assert builder.is_prepared()
   default = tasks.prepare("reverse", str(tmp_path), num_train=20_000, num_validation=1_000)
   assert default.builder_config is tasks.AttnReverse.BUILDER_CONFIGS[0]
+
+
+@pytest.mark.parametrize("code, reused", [(errno.EEXIST, True), (errno.ENOTEMPTY, True), (errno.EACCES, False)])
+def test_prepare_reuses_the_data_of_a_process_that_renamed_first(tmp_path, monkeypatch, code, reused):
+  """Linux reports the losing rename as ENOTEMPTY (a plain OSError), others as EEXIST; other errors propagate."""
+  tasks.prepare("copy", str(tmp_path), **TINY)  # the winner's data, in place
+
+  def rename_loses(self, *args, **kwargs):
+    raise OSError(code, os.strerror(code))
+
+  monkeypatch.setattr(tasks.AttnCopy, "download_and_prepare", rename_loses)
+  if reused:
+    assert tasks.prepare("copy", str(tmp_path), **TINY).is_prepared()
+  else:
+    with pytest.raises(PermissionError):
+      tasks.prepare("copy", str(tmp_path), **TINY)
 
 
 def test_prepare_survives_a_concurrent_writer(tmp_path, monkeypatch):

@@ -13,6 +13,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # before tensorflow is import
 from absl import app, flags  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from experiments.data.tasks import lost_preparation_race  # noqa: E402
+
 _NAME = flags.DEFINE_string("name", None, "Catalog dataset name, e.g. tiny_shakespeare or lm1b.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir to prepare into.", required=True)
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder with the files TFDS would download (offline use).")
@@ -30,9 +32,9 @@ def main(argv):
   config = tfds.download.DownloadConfig(manual_dir=_MANUAL_DIR.value) if _MANUAL_DIR.value else None
   try:
     builder.download_and_prepare(file_format="array_record", download_config=config)
-  except FileExistsError:
+  except OSError as error:
     # Another process prepared it first and renamed its complete copy into place.
-    if not tfds.builder(_NAME.value, data_dir=_DATA_DIR.value, file_format="array_record").is_prepared():
+    if not lost_preparation_race(error) or not tfds.builder(_NAME.value, data_dir=_DATA_DIR.value, file_format="array_record").is_prepared():
       raise
 
 

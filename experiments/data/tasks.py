@@ -52,6 +52,7 @@ requires it.
 """
 
 import dataclasses
+import errno
 from typing import Callable
 
 import numpy as np
@@ -388,8 +389,8 @@ def prepare(task: str, data_dir: str, **sizes: int) -> tfds.core.DatasetBuilder:
 
   Idempotent: prepared data are reused. Safe for concurrent callers (e.g. every process of a
   multi-host job): TFDS writes into `incomplete.*` and renames it into place atomically; the
-  losers of a race get FileExistsError from the rename, discard their copy, and here reload
-  the winner's data.
+  losers of a race get an error from the rename (see lost_preparation_race), discard their copy,
+  and here reload the winner's data.
 
   Args:
     task: one of `TASKS`, e.g. "associative_recall".
@@ -409,9 +410,21 @@ def prepare(task: str, data_dir: str, **sizes: int) -> tfds.core.DatasetBuilder:
   builder = cls(config=config, data_dir=data_dir, file_format="array_record")
   try:
     builder.download_and_prepare(file_format="array_record")
-  except FileExistsError:
+  except OSError as error:
+    if not lost_preparation_race(error):
+      raise
     # Another process finished first; its data are complete (renamed into place atomically).
     builder = cls(config=config, data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
       raise
   return builder
+
+
+def lost_preparation_race(error: OSError) -> bool:
+  """Whether TFDS's final rename failed because another process renamed its prepared copy into place first.
+
+  The rename checks for the destination first (FileExistsError, with no errno); a process that renames
+  between that check and the rename gets EEXIST or, on Linux, ENOTEMPTY, which Python raises as a plain
+  OSError: two test processes preparing one dataset side by side hit that.
+  """
+  return isinstance(error, FileExistsError) or error.errno in (errno.EEXIST, errno.ENOTEMPTY)

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from experiments.data import tokenizers
-from experiments.data.tasks import LocalDatasetInfo
+from experiments.data.tasks import LocalDatasetInfo, lost_preparation_race
 
 TEXT_FILES = "text_files"  # data.dataset value of the user-text builder
 _CHUNK_CHARS = 1 << 20  # characters per stored example of text_files (cut at newlines)
@@ -144,7 +144,9 @@ def prepare_builder(dataset: str, data_dir: str, *, text_files: str = "", valida
     builder = TextFiles(config=config, data_dir=data_dir, file_format="array_record")
     try:
       builder.download_and_prepare(file_format="array_record")
-    except FileExistsError:  # another process finished first (see tasks.prepare)
+    except OSError as error:  # another process finished first (see tasks.prepare)
+      if not lost_preparation_race(error):
+        raise
       builder = TextFiles(config=config, data_dir=data_dir, file_format="array_record")
     return builder
   try:
