@@ -94,7 +94,6 @@ class HeapGuard:
   def __init__(self, slack_bytes: int):
     self.slack_bytes = slack_bytes
     self.settled_bytes: int | None = None
-    self.trims = 0
 
   def settle(self) -> None:
     self.settled_bytes = resident_bytes()
@@ -109,7 +108,6 @@ class HeapGuard:
     except (OSError, AttributeError, TypeError):
       return False
     malloc_trim(0)
-    self.trims += 1
     logging.warning("heap grew to %.1f GB resident (settled at %.1f GB): free pages given back, now %.1f GB",
                     resident / 1e9, self.settled_bytes / 1e9, (resident_bytes() or 0) / 1e9)
     return True

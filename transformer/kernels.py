@@ -58,8 +58,8 @@ def dropout_scale(rng: jax.Array, rate: float, shape) -> jax.Array:
   return keep.astype(jnp.float32) / (1.0 - rate)
 
 
-# Query tiles of the reference kernel under causal masks (see query_tiles_for). On the project's 2-core CPU
-# two tiles made the big Shakespeare step (T = 256) 6-11% faster and four were no better than two, while
+# Query tiles of the reference and chunked kernels (see query_tiles_for). On the project's 2-core CPU two
+# tiles made the big Shakespeare step (T = 256) 6-11% faster and four were not clearly better, while
 # tiles of 32 and 16 queries (T = 64) made the small step 4% and 12% slower (docs/performance.md).
 MIN_QUERY_TILE = 128
 MAX_QUERY_TILES = 4
