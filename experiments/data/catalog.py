@@ -33,8 +33,10 @@ def main(argv):
   try:
     builder.download_and_prepare(file_format="array_record", download_config=config)
   except OSError as error:
+    if not lost_preparation_race(error):
+      raise
     # Another process prepared it first and renamed its complete copy into place.
-    if not lost_preparation_race(error) or not tfds.builder(_NAME.value, data_dir=_DATA_DIR.value, file_format="array_record").is_prepared():
+    if not tfds.builder(_NAME.value, data_dir=_DATA_DIR.value, file_format="array_record").is_prepared():
       raise
 
 
