@@ -21,7 +21,10 @@ from helpers import launch  # tests/ is on sys.path under pytest's default (prep
 
 STEPS, HALF = 6, 3
 # The schedule ends at STEPS whatever train.steps is, so a run stopped at HALF and resumed matches a straight one.
-COMMON = {"train.steps": STEPS, "optimizer.decay_steps": STEPS}
+# Dropout everywhere: each device draws its part of the same masks, so every layout still matches one device
+# (and a generator that could not be sharded, as philox4x32 could not, fails every layout).
+COMMON = {"train.steps": STEPS, "optimizer.decay_steps": STEPS, "model.dropout_rate": 0.1,
+          "model.attention_dropout_rate": 0.1}
 MIXED = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
 # mesh layout -> (overrides, shard shape on one device of block_0/attention/query [D=32, H=8, K=4] and
 # block_0/mlp/up [D=32, F=64]); the rules put embed (D) on fsdp, heads (H) and mlp (F) on tensor.

@@ -29,7 +29,9 @@ from experiments.metrics import read_metrics
 from helpers import launch  # tests/ is on sys.path under pytest's default (prepend) import mode
 
 STEPS = 6
-COMMON = {"train.steps": STEPS, "optimizer.decay_steps": STEPS}
+# With dropout, whose masks each process draws its part of (see test_multidevice.py).
+COMMON = {"train.steps": STEPS, "optimizer.decay_steps": STEPS, "model.dropout_rate": 0.1,
+          "model.attention_dropout_rate": 0.1}
 ACROSS_PROCESSES = {"mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 2}
 
 

@@ -40,20 +40,23 @@ def _scores(q_BLGQK: jax.Array, k_BMGK: jax.Array, scale: float) -> jax.Array:
 
 
 # The generator of dropout masks. JAX's default, threefry2x32, is lowered on CPU as a loop that XLA does not
-# fuse: 12.6 ns per element of a [64, 6, 256, 256] mask on this project's 2-core CPU, against 0.8 ns for
-# Philox-4x32 (the generator of cuRAND and of PyTorch's GPU dropout); threefry's residual-dropout masks took
-# 0.55 s of the big Shakespeare step's 1.9 s outside matmuls. Masks only: everything else keeps the key's
-# own generator.
-DROPOUT_PRNG = "philox4x32"
+# fuse: 12.6 ns per element of a [64, 6, 256, 256] mask on this project's 2-core CPU; threefry's residual-dropout
+# masks took 0.55 s of the big Shakespeare step's 1.9 s outside matmuls. threefry4x32 is lowered unrolled and
+# fuses into the mask's consumer: 1.4 ns per element there, the same as philox4x32, which JAX 0.10.2 cannot
+# compile once the mask is sharded (its chlo.mulhi fails "Unable to convert MHLO to StableHLO"), so every
+# multi-device run with dropout failed. threefry's bits do not depend on the sharding: each device draws its
+# own part of the one mask. Masks only: everything else keeps the key's own generator.
+DROPOUT_PRNG = "threefry4x32"
+_DROPOUT_KEY_WORDS = 4  # uint32 words of a threefry4x32 key
 
 
 def dropout_scale(rng: jax.Array, rate: float, shape) -> jax.Array:
   """1 / (1 - rate) where an element is kept and 0 where dropped, each dropped with probability `rate`.
 
-  The mask is drawn with Philox-4x32 keyed by bits of `rng` (a key of any implementation), so the same key
-  gives the same mask.
+  The mask is drawn with threefry-4x32 keyed by bits of `rng` (a key of any implementation), so the same key
+  gives the same mask, however the mask is sharded.
   """
-  mask_key = jax.random.wrap_key_data(jax.random.bits(rng, (2,), jnp.uint32), impl=DROPOUT_PRNG)
+  mask_key = jax.random.wrap_key_data(jax.random.bits(rng, (_DROPOUT_KEY_WORDS,), jnp.uint32), impl=DROPOUT_PRNG)
   keep = jax.random.bernoulli(mask_key, 1.0 - rate, shape)
   return keep.astype(jnp.float32) / (1.0 - rate)
 
