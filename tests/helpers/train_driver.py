@@ -22,31 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
-from configs import base  # noqa: E402
 from experiments import checkpoint, runner, validation  # noqa: E402
 from experiments import train as train_cli  # noqa: E402  (defines the multi-host flags)
 from experiments.metrics import read_metrics  # noqa: E402
+from tests.helpers.tiny_config import tiny_config  # noqa: E402
 
 # Parameters whose layout the tests check: `embed` goes to the fsdp axis, `heads` and `mlp` to tensor.
 LAYOUT_PATHS = ("block_0/attention/query", "block_0/mlp/up")
-
-
-def tiny_config(data_dir: str, overrides: dict):
-  """Two layers of width 32, with heads (8), MLP (64) and vocabulary (32) divisible by every mesh axis used."""
-  c = base.get_config()
-  c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.mlp_dim = 2, 32, 8, 64
-  c.data.task, c.data.vocab_size, c.data.seq_len = "associative_recall", 32, 32
-  c.data.num_pairs, c.data.num_queries = 4, 4
-  c.data.num_train, c.data.num_validation, c.data.data_dir = 512, 64, data_dir
-  c.train.batch_size, c.train.log_every = 16, 1
-  c.train.eval_every, c.train.checkpoint_every = 0, 0
-  c.eval.max_batches = 1
-  c.optimizer.warmup_steps, c.optimizer.learning_rate = 2, 3e-3
-  c.checkpoint.async_save = False
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
 
 
 def param_layouts(config, workdir: str) -> dict[str, dict]:
