@@ -425,9 +425,12 @@ def test_chunked_backward_in_bfloat16_stays_close():
     assert relative < 3e-2, (name, relative)
 
 
-def test_dropout_scale_drops_at_the_rate_independently_and_follows_the_key():
+# 2**32: one flat index numbers every element; 2**11: the leading axis is hashed in on its own, as it
+# would be in masks of more than 2**32 elements.
+@pytest.mark.parametrize("flat_index_limit", [2**32, 2**11])
+def test_dropout_scale_drops_at_the_rate_independently_and_follows_the_key(flat_index_limit):
   rate, shape = 0.2, (64, 32, 48)
-  draw = jax.jit(kernels.dropout_scale, static_argnums=(1, 2))
+  draw = jax.jit(functools.partial(kernels.dropout_scale, flat_index_limit=flat_index_limit), static_argnums=(1, 2))
   scale = np.asarray(draw(jax.random.key(3), rate, shape))
   dropped = scale == 0.0
   tolerance = 5 * np.sqrt(rate * (1 - rate) / dropped.size)  # five binomial standard deviations
@@ -443,3 +446,13 @@ def test_dropout_scale_drops_at_the_rate_independently_and_follows_the_key():
   # Raw uint32 keys (jax.random.PRNGKey) work as typed ones.
   legacy = np.asarray(draw(jax.random.PRNGKey(3), rate, shape))
   assert abs((legacy == 0.0).mean() - rate) < tolerance
+
+
+@pytest.mark.parametrize("shape, flat_index_limit", [((3, 5, 8, 16), 2**32), ((3, 5, 8, 16), 128),
+                                                     ((3, 5, 8, 16), 16), ((7,), 7)])
+def test_element_counters_tell_every_element_apart(shape, flat_index_limit):
+  counters = [np.asarray(c).ravel() for c in kernels.element_counters(shape, flat_index_limit)]
+  assert all(c.dtype == np.uint32 and c.max() < flat_index_limit for c in counters)
+  assert len(set(zip(*counters))) == int(np.prod(shape))
+  with pytest.raises(ValueError, match="axis of more than 4"):
+    kernels.element_counters((3, 5), flat_index_limit=4)

@@ -39,26 +39,59 @@ def _scores(q_BLGQK: jax.Array, k_BMGK: jax.Array, scale: float) -> jax.Array:
   return scores * scale
 
 
-# The generator of dropout masks. JAX's default, threefry2x32, is lowered on CPU as a loop that XLA does not
-# fuse: 12.6 ns per element of a [64, 6, 256, 256] mask on this project's 2-core CPU; threefry's residual-dropout
-# masks took 0.55 s of the big Shakespeare step's 1.9 s outside matmuls. threefry4x32 is lowered unrolled and
-# fuses into the mask's consumer: 1.4 ns per element there, the same as philox4x32, which JAX 0.10.2 cannot
-# compile once the mask is sharded (its chlo.mulhi fails "Unable to convert MHLO to StableHLO"), so every
-# multi-device run with dropout failed. threefry's bits do not depend on the sharding: each device draws its
-# own part of the one mask. Masks only: everything else keeps the key's own generator.
-DROPOUT_PRNG = "threefry4x32"
-_DROPOUT_KEY_WORDS = 4  # uint32 words of a threefry4x32 key
+# The generator of dropout masks. JAX's generators cost far more than a mask needs: threefry2x32 is lowered on
+# CPU as a loop that XLA does not fuse (12.6 ns per element of a [64, 6, 256, 256] mask on the project's first
+# 2-core CPU); threefry4x32 fuses into the mask's consumer but computes a whole 4-word block, some 340 integer
+# operations, for every element it keeps one word of (its masks took 0.7 s of the big Shakespeare step's 5.1 s
+# on the second machine); philox4x32 cannot be compiled once the mask is sharded (JAX 0.10.2: chlo.mulhi,
+# "Unable to convert MHLO to StableHLO"). A mask needs independent-looking bits, not a cryptographic stream,
+# so each element hashes its own index with two rounds of murmur3's finalizer, keyed by 64 bits of the
+# layer's key: some fifteen operations, with an index that is global, so the bits do not depend on the sharding.
+_MIX_MULTIPLIERS = (0x85EBCA6B, 0xC2B2AE35)  # murmur3's fmix32 constants
+_FLAT_INDEX_LIMIT = 2**32  # elements one uint32 index can number
 
 
-def dropout_scale(rng: jax.Array, rate: float, shape) -> jax.Array:
+def _mix32(h: jax.Array) -> jax.Array:
+  """murmur3's fmix32: a bijection of uint32 in which every output bit depends on every input bit."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(_MIX_MULTIPLIERS[0])
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(_MIX_MULTIPLIERS[1])
+  return h ^ (h >> 16)
+
+
+def element_counters(shape: tuple[int, ...], flat_index_limit: int = _FLAT_INDEX_LIMIT) -> list[jax.Array]:
+  """uint32 arrays of `shape` that together tell every element apart.
+
+  One flat index over the trailing axes whose size fits in `flat_index_limit`, after the index along each
+  leading axis (there are none below 2**32 elements, which is every mask in practice).
+  """
+  if any(size > flat_index_limit for size in shape):
+    raise ValueError(f"dropout over an axis of more than {flat_index_limit} elements (shape {shape}) is not supported")
+  first_flat, flat_size = len(shape), 1
+  while first_flat > 0 and flat_size * shape[first_flat - 1] <= flat_index_limit:
+    first_flat -= 1
+    flat_size *= shape[first_flat]
+  flat, stride = jnp.zeros(shape, jnp.uint32), 1
+  for axis in reversed(range(first_flat, len(shape))):
+    flat = flat + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+    stride *= shape[axis]
+  return [jax.lax.broadcasted_iota(jnp.uint32, shape, axis) for axis in range(first_flat)] + [flat]
+
+
+def dropout_scale(rng: jax.Array, rate: float, shape, flat_index_limit: int = _FLAT_INDEX_LIMIT) -> jax.Array:
   """1 / (1 - rate) where an element is kept and 0 where dropped, each dropped with probability `rate`.
 
-  The mask is drawn with threefry-4x32 keyed by bits of `rng` (a key of any implementation), so the same key
-  gives the same mask, however the mask is sharded.
+  The same key gives the same mask, however the mask is sharded (see the generator's note above).
   """
-  mask_key = jax.random.wrap_key_data(jax.random.bits(rng, (_DROPOUT_KEY_WORDS,), jnp.uint32), impl=DROPOUT_PRNG)
-  keep = jax.random.bernoulli(mask_key, 1.0 - rate, shape)
-  return keep.astype(jnp.float32) / (1.0 - rate)
+  shape = tuple(shape)
+  seeds = jax.random.bits(rng, (2,), jnp.uint32)
+  bits = seeds[0]
+  for counter in element_counters(shape, flat_index_limit):
+    bits = _mix32(bits ^ counter)
+  bits = _mix32(bits + seeds[1])
+  drop_below = jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+  return jnp.where(bits >= drop_below, jnp.float32(1.0 / (1.0 - rate)), jnp.float32(0.0))
 
 
 # Query tiles of the reference and chunked kernels (see query_tiles_for). On the project's 2-core CPU two

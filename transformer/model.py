@@ -29,7 +29,7 @@ REMAT_POLICIES = {
 class Dropout(nn.Module):
   """Zeroes each element with probability `rate` and scales the rest by 1 / (1 - rate), as nn.Dropout.
 
-  Its masks come from kernels.dropout_scale (threefry-4x32, several times faster than nn.Dropout's
+  Its masks come from kernels.dropout_scale (a counter hash, many times cheaper than nn.Dropout's
   threefry-2x32 on CPU); each call draws a new key from the 'dropout' RNG stream.
   """
 
