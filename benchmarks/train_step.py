@@ -27,7 +27,8 @@ from ml_collections import config_flags
 
 from benchmarks.common import machine_line
 from experiments import host
-from experiments.metrics import device_peak_flops, read_metrics
+from experiments.files import read_metrics
+from experiments.metrics import device_peak_flops
 from experiments.runner import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py:cpu", "Config of the recipe.")

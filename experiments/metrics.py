@@ -9,11 +9,12 @@ import json
 import math
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments.files import METRICS_FILE
 
 # Dense peak FLOP/s per device: (bfloat16, float32 as the default matmul precision runs it).
 # On NVIDIA GPUs float32 matmuls use TF32 tensor cores by default in XLA.
@@ -75,7 +76,7 @@ class MetricWriter:
     self._jsonl = None
     self._tensorboard = None
     if enabled:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
       from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
 
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
@@ -99,29 +100,3 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tensorboard.close()
-
-
-def write_json(path: str, value: Any) -> None:
-  """Writes JSON atomically: a reader never sees half a file, and a crash never truncates the old one."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def read_json(path: str) -> dict | None:
-  """The JSON object in `path`, or None while it does not exist or is not whole."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (FileNotFoundError, json.JSONDecodeError):
-    return None
-
-
-def read_metrics(workdir: str) -> list[dict[str, float]]:
-  """Reads metrics.jsonl back (for reports and tests)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]

@@ -11,7 +11,6 @@ database, so it works on a copy of the directory too.
 from __future__ import annotations
 
 import csv
-import fcntl
 import math
 import os
 import re
@@ -19,7 +18,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.metrics import read_json, read_metrics
+from experiments.files import CLAIM_FILE, METRICS_FILE, SUMMARY_FILE, TRIAL_FILE, is_locked, read_json, read_metrics
 
 EVAL_COLUMNS = ("eval/loss", "eval/accuracy")
 MAXIMIZED = ("eval/accuracy", "eval/sequence_accuracy")
@@ -27,16 +26,7 @@ MAXIMIZED = ("eval/accuracy", "eval/sequence_accuracy")
 
 def _held(trial_dir: str) -> bool:
   """True while a live process holds the trial's claim (see experiments/sweep.py)."""
-  path = os.path.join(trial_dir, ".claim")
-  if not os.path.exists(path):
-    return False
-  with open(path, "a+", encoding="utf-8") as handle:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      return True
-    fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+  return is_locked(os.path.join(trial_dir, CLAIM_FILE))
 
 
 def _status(record: dict, summary: dict | None, trial_dir: str) -> str:
@@ -53,8 +43,8 @@ def _status(record: dict, summary: dict | None, trial_dir: str) -> str:
 
 def trial_row(trial_dir: str, paths: list[str]) -> dict[str, Any]:
   """One row of the table: the trial's status, swept values, final and best eval metrics, size, speed."""
-  record = read_json(os.path.join(trial_dir, "trial.json")) or {}
-  summary = read_json(os.path.join(trial_dir, "summary.json"))
+  record = read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
+  summary = read_json(os.path.join(trial_dir, SUMMARY_FILE))
   config = read_json(os.path.join(trial_dir, "config.json")) or {}
   metrics = read_metrics(trial_dir)
   row: dict[str, Any] = {"trial": record.get("id", os.path.basename(os.path.normpath(trial_dir))),
@@ -101,8 +91,8 @@ def collect(workdir: str) -> tuple[list[dict[str, Any]], list[str], str]:
     dirs = [os.path.join(trials, d) for d in sorted(os.listdir(trials)) if os.path.isdir(os.path.join(trials, d))]
   else:
     dirs = [workdir]
-  rows = [trial_row(d, paths) for d in dirs if os.path.exists(os.path.join(d, "trial.json"))
-          or os.path.exists(os.path.join(d, "metrics.jsonl"))]
+  rows = [trial_row(d, paths) for d in dirs if os.path.exists(os.path.join(d, TRIAL_FILE))
+          or os.path.exists(os.path.join(d, METRICS_FILE))]
   return rows, paths, metric
 
 

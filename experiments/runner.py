@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -23,7 +22,8 @@ from ml_collections import ConfigDict
 
 from experiments import checkpoint, host, sharding, training_probes, validation
 from experiments.data import datasets, pipeline, tokenizers
-from experiments.metrics import MetricWriter, device_peak_flops, write_json
+from experiments.files import SUMMARY_FILE, exclusive_lock, write_json
+from experiments.metrics import MetricWriter, device_peak_flops
 from experiments.optimizer import learning_rate_schedule, make_optimizer
 from experiments.steps import TrainState, eval_step, summarize_eval, train_steps
 from transformer import TransformerLM
@@ -50,24 +50,17 @@ def data_dir(config: ConfigDict) -> str:
 def workdir_lock(workdir: str):
   """Holds an exclusive lock on workdir for the life of the run; the OS releases it if the process dies."""
   path = os.path.join(workdir, f".lock.process_{jax.process_index()}")
-  handle = open(path, "a+", encoding="utf-8")
-  try:
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
+  with exclusive_lock(path, wait=False) as handle:
+    if handle is None:
+      with open(path, encoding="utf-8") as f:
+        owner = f.read().strip() or "another process"
+      raise WorkdirLocked(f"workdir {workdir} is in use by a live run ({owner}); wait for it or use another "
+                          f"--workdir")
     handle.seek(0)
-    owner = handle.read().strip() or "another process"
-    handle.close()
-    raise WorkdirLocked(f"workdir {workdir} is in use by a live run ({owner}); wait for it or use another "
-                        f"--workdir") from None
-  handle.seek(0)
-  handle.truncate()
-  handle.write(f"pid {os.getpid()}")
-  handle.flush()
-  try:
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
     yield
-  finally:
-    fcntl.flock(handle, fcntl.LOCK_UN)
-    handle.close()
 
 
 def check_resumable(workdir: str, config: ConfigDict) -> None:
@@ -406,6 +399,6 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
       "processes": jax.process_count(),
   }
   if lead:
-    write_json(os.path.join(workdir, "summary.json"), summary)
+    write_json(os.path.join(workdir, SUMMARY_FILE), summary)
   writer.close()
   return summary

@@ -20,7 +20,6 @@ Interrupted trials do not count towards `num_trials`; failed ones are retried on
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -36,10 +35,8 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from experiments import host, sweep_space
-from experiments.metrics import read_json, write_json
+from experiments.files import CLAIM_FILE, SUMMARY_FILE, TRIAL_FILE, exclusive_lock, read_json, write_json
 
-TRIAL_FILE = "trial.json"  # written by the sweep in each trial's workdir: status, parameters, error
-CLAIM_FILE = ".claim"
 STALE_UNCLAIMED_SEC = 120  # a RUNNING trial that never claimed a point after this long is dead
 
 
@@ -98,19 +95,8 @@ def open_study(sweep: ConfigDict, storage_url: str, worker_index: int = 0) -> op
 def claim(trial_dir: str):
   """Yields True while this process holds the point's lock, False if a live process holds it."""
   os.makedirs(trial_dir, exist_ok=True)
-  handle = open(os.path.join(trial_dir, CLAIM_FILE), "a+", encoding="utf-8")
-  try:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      yield False
-      return
-    try:
-      yield True
-    finally:
-      fcntl.flock(handle, fcntl.LOCK_UN)
-  finally:
-    handle.close()
+  with exclusive_lock(os.path.join(trial_dir, CLAIM_FILE), wait=False) as handle:
+    yield handle is not None
 
 
 @contextlib.contextmanager
@@ -120,12 +106,8 @@ def _ask_lock(sweepdir: str):
   Popping a queued (WAITING) trial is a read then a write; PostgreSQL and MySQL lock the row (SELECT ... FOR
   UPDATE), SQLite does not, so two local workers could both pop the same queued trial.
   """
-  with open(os.path.join(sweepdir, ".ask.lock"), "a+", encoding="utf-8") as handle:
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(handle, fcntl.LOCK_UN)
+  with exclusive_lock(os.path.join(sweepdir, ".ask.lock"), wait=True):
+    yield
 
 
 def _record(trial_dir: str, **fields: Any) -> None:
@@ -260,7 +242,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
       return False
     trial.set_user_attr("trial_id", point)  # only under the lock: recover_stale relies on this order
     trial.set_user_attr("overrides", json.loads(json.dumps(overrides, default=str)))
-    summary = read_json(os.path.join(trial_dir, "summary.json"))
+    summary = read_json(os.path.join(trial_dir, SUMMARY_FILE))
     if summary and summary.get("status") == "completed":  # trained before (e.g. a study database was lost)
       trial.set_user_attr("reused", True)
       _tell(study, trial, summary, sweep.metric, trial_dir)

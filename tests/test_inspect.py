@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from experiments import checkpoint, inspect, plots, probes, validation, views
-from experiments.metrics import read_metrics
+from experiments.files import read_metrics
 from experiments.runner import ConfigError, train_and_evaluate
 from tests.test_runner import tiny_config
 from transformer import ModelConfig, TransformerLM

@@ -25,7 +25,7 @@ import pytest
 from configs import base
 from experiments import checkpoint, validation
 from experiments.data import pipeline
-from experiments.metrics import read_metrics
+from experiments.files import read_metrics
 from helpers import launch  # tests/ is on sys.path under pytest's default (prepend) import mode
 
 STEPS = 6

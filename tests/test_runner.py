@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from configs import base
 from experiments import checkpoint, host, runner, validation
-from experiments.metrics import read_metrics
+from experiments.files import read_metrics
 from experiments.runner import ConfigError, NonFiniteLoss, WorkdirLocked, train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

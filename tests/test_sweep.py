@@ -14,7 +14,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from experiments import sweep, sweep_space, validation
-from experiments.metrics import read_metrics
+from experiments.files import read_metrics
 from tests.helpers import postgres
 from tests.helpers.sweeps import tiny_sweep
 

@@ -14,7 +14,7 @@ import pytest
 from configs import base, shakespeare_char
 from experiments import evaluate
 from experiments.data import text, tokenizers
-from experiments.metrics import read_metrics
+from experiments.files import read_metrics
 from experiments.runner import ConfigError, train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

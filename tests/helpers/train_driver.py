@@ -24,7 +24,7 @@ from absl import flags  # noqa: E402
 
 from experiments import checkpoint, runner, validation  # noqa: E402
 from experiments import train as train_cli  # noqa: E402  (defines the multi-host flags)
-from experiments.metrics import read_metrics  # noqa: E402
+from experiments.files import read_metrics  # noqa: E402
 from tests.helpers.tiny_config import tiny_config  # noqa: E402
 
 # Parameters whose layout the tests check: `embed` goes to the fsdp axis, `heads` and `mlp` to tensor.
