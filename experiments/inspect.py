@@ -79,7 +79,7 @@ def run_attention(workdir: str, prompt: str, layers: str = "", heads: str = "", 
     html_note = "; ".join(filter(None, [note, f"first {shown} of {len(ids)} tokens shown (choose fewer "
                                               f"--layers and --heads to see more)"]))
   page = html_page.page(weights_NHLM[:, :, :shown, :shown], allowed_LM[:shown, :shown], labels[:shown],
-                             layer_list, head_list, title, html_note)
+                        layer_list, head_list, title, html_note)
   png = _prepare_out(out or _default_out(workdir, "attention", step))
   html_path = png[:-len(".png")] + ".html"
   plots.save(figure, png)

@@ -121,9 +121,10 @@ def test_scores_of_known_patterns():
   previous_LM[0, 0] = 1.0
   uniform_LM = np.tril(np.ones((l, l))) / np.arange(1, l + 1)[:, None]
   weights_NBHLM = np.stack([previous_LM, uniform_LM])[None, None]  # one layer, one sequence, two heads
-  np.testing.assert_allclose(head_scores.previous_token_score(weights_NBHLM), [[1.0, np.mean(1 / np.arange(2, l + 1))]],
+  np.testing.assert_allclose(head_scores.previous_token_score(weights_NBHLM),
+                             [[1.0, np.mean(1 / np.arange(2, l + 1))]], rtol=1e-6)
+  np.testing.assert_allclose(head_scores.entropy(weights_NBHLM), [[0.0, np.mean(np.log(np.arange(1, l + 1)))]],
                              rtol=1e-6)
-  np.testing.assert_allclose(head_scores.entropy(weights_NBHLM), [[0.0, np.mean(np.log(np.arange(1, l + 1)))]], rtol=1e-6)
   np.testing.assert_allclose(head_scores.mean_distance(weights_NBHLM)[0, 0], (l - 1) / l, rtol=1e-6)
   period = 4
   induction_LM = np.zeros((l, l))
@@ -220,9 +221,10 @@ def test_training_writes_pattern_images_and_head_scalars_at_each_evaluation(trai
   names = {k for k in by_step[STEPS] if k.startswith("heads/")}
   assert len(names) == 4 * 2 * 2  # 4 scores x 2 layers x 2 heads
   model, params, _ = checkpoint.load_model(trained)
-  repeats = head_scores.repeated_tokens(model.config.vocab_size, head_scores.induction_period(model), head_scores.INDUCTION_BATCH)
+  repeats = head_scores.repeated_tokens(model.config.vocab_size, head_scores.induction_period(model),
+                                        head_scores.INDUCTION_BATCH)
   expected = head_scores.induction_score(forward_pass.forward(model, params, repeats)["weights_NBHLM"],
-                                    head_scores.induction_period(model))
+                                         head_scores.induction_period(model))
   assert by_step[STEPS]["heads/induction/layer1_head1"] == pytest.approx(float(expected[1, 1]), abs=1e-5)
 
 

@@ -61,7 +61,7 @@ def page(tmp_path_factory):
   allowed_LM = forward_pass.allowed_matrix(model, 8)
   path = tmp_path_factory.mktemp("html") / "attention.html"
   path.write_text(html_page.page(weights_NHLM, allowed_LM, tokens, list(range(LAYERS)), list(range(HEADS)),
-                                      "test page"), encoding="utf-8")
+                                 "test page"), encoding="utf-8")
   return path, weights_NHLM, allowed_LM, tokens
 
 
