@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from experiments import attention_html, checkpoint, plots, probes, views
+from experiments import checkpoint
 from experiments.data import tokenizers
+from experiments.inspection import context, forward_pass, head_scores, html_page, parsing, plots, tables
 
 SUBCOMMANDS = ("attention", "heads", "context")
 RANDOM_LENGTH, RANDOM_BATCH = 256, 8  # `heads` without prompts: random sequences this long, this many
@@ -64,21 +65,21 @@ def run_attention(workdir: str, prompt: str, layers: str = "", heads: str = "", 
   """
   model, params, step = checkpoint.load_model(workdir, step)
   c = model.config
-  layer_list = views.parse_indices(layers, c.num_layers, "--layers")
-  head_list = views.parse_indices(heads, c.num_heads, "--heads")
+  layer_list = parsing.parse_indices(layers, c.num_layers, "--layers")
+  head_list = parsing.parse_indices(heads, c.num_heads, "--heads")
   tokenizer = tokenizers.load_from_workdir(workdir)
-  ids, note = views.encode(tokenizer, prompt, c.max_len)
+  ids, note = parsing.encode(tokenizer, prompt, c.max_len)
   title = f"Attention of {os.path.basename(os.path.normpath(workdir))} at step {step} (mask: {c.mask})"
-  weights_NHLM = np.asarray(probes.forward(model, params, ids[None])["weights_NBHLM"][:, 0])
-  allowed_LM, labels = probes.allowed_matrix(model, len(ids)), list(tokenizer.token_strings(ids))
-  figure = views.attention_figure(weights_NHLM, allowed_LM, labels, layer_list, head_list, title, note)
-  shown = views.html_tokens(len(ids), len(layer_list) * len(head_list))
+  weights_NHLM = np.asarray(forward_pass.forward(model, params, ids[None])["weights_NBHLM"][:, 0])
+  allowed_LM, labels = forward_pass.allowed_matrix(model, len(ids)), list(tokenizer.token_strings(ids))
+  figure = plots.attention_figure(weights_NHLM, allowed_LM, labels, layer_list, head_list, title, note)
+  shown = html_page.html_tokens(len(ids), len(layer_list) * len(head_list))
   html_note = note
   if shown < len(ids):
     html_note = "; ".join(filter(None, [note, f"first {shown} of {len(ids)} tokens shown (choose fewer "
                                               f"--layers and --heads to see more)"]))
-  page = attention_html.page(weights_NHLM[:, :, :shown, :shown], allowed_LM[:shown, :shown], labels[:shown],
-                             layer_list, head_list, title, html_note)
+  page = html_page.page(weights_NHLM[:, :, :shown, :shown], allowed_LM[:shown, :shown], labels[:shown],
+                        layer_list, head_list, title, html_note)
   png = _prepare_out(out or _default_out(workdir, "attention", step))
   html_path = png[:-len(".png")] + ".html"
   plots.save(figure, png)
@@ -93,7 +94,7 @@ def run_heads(workdir: str, prompts: list[str] | None = None, out: str | None = 
 
   Entropy, distance and previous-token scores are measured on the prompts (each cut to the shortest), or on
   RANDOM_BATCH sequences of uniformly random tokens (max_len long, at most RANDOM_LENGTH); the induction score
-  always on repeated random token blocks (probes.repeated_tokens).
+  always on repeated random token blocks (head_scores.repeated_tokens).
 
   Returns:
     {"scores": {name: scores_NH}, "table": text, "png": path, "step": step}.
@@ -102,18 +103,18 @@ def run_heads(workdir: str, prompts: list[str] | None = None, out: str | None = 
   c = model.config
   if prompts:
     tokenizer = tokenizers.load_from_workdir(workdir)
-    encoded = [views.encode(tokenizer, prompt, c.max_len)[0] for prompt in prompts]
+    encoded = [parsing.encode(tokenizer, prompt, c.max_len)[0] for prompt in prompts]
     length = min(len(ids) for ids in encoded)
     tokens_BL = np.stack([ids[:length] for ids in encoded])
   else:
     # Weights are N x B x H x L x L floats: bounded length and batch keep big models' passes in memory.
-    tokens_BL = probes.random_tokens(c.vocab_size, min(c.max_len, RANDOM_LENGTH), RANDOM_BATCH)
-  scores = probes.head_scores(model, params, tokens_BL)
+    tokens_BL = head_scores.random_tokens(c.vocab_size, min(c.max_len, RANDOM_LENGTH), RANDOM_BATCH)
+  scores = head_scores.head_scores(model, params, tokens_BL)
   png = _prepare_out(out or _default_out(workdir, "heads", step))
   name = os.path.basename(os.path.normpath(workdir))
   plots.save(plots.score_maps(scores, f"Per-head scores of {name} at step {step} (induction: repeated random "
-                                      f"blocks of {probes.induction_period(model)} tokens)"), png)
-  return {"scores": scores, "table": views.score_table(scores), "png": png, "step": step}
+                                      f"blocks of {head_scores.induction_period(model)} tokens)"), png)
+  return {"scores": scores, "table": tables.score_table(scores), "png": png, "step": step}
 
 
 def run_context(workdir: str, token: str, prompts: list[str], out: str | None = None,
@@ -124,7 +125,7 @@ def run_context(workdir: str, token: str, prompts: list[str], out: str | None = 
   has read the whole word in a causal model); the first occurrence in each prompt counts.
 
   Returns:
-    {"similarity_NCC", "drift_NC", "positions", "table", "png", "step"}; layer 0 is the token embedding.
+    {"similarity_NXX", "drift_NX", "positions", "table", "png", "step"}; layer 0 is the token embedding.
   """
   if len(prompts) < 2:
     raise ValueError(f"context compares two or more prompts; got {len(prompts)}")
@@ -135,22 +136,22 @@ def run_context(workdir: str, token: str, prompts: list[str], out: str | None = 
     raise ValueError(f"--token={token!r} encodes to no tokens")
   encoded, positions = [], []
   for prompt in prompts:
-    ids, _ = views.encode(tokenizer, prompt, model.config.max_len)
-    position = probes.find_token(ids, word_ids)
+    ids, _ = parsing.encode(tokenizer, prompt, model.config.max_len)
+    position = context.find_token(ids, word_ids)
     if position is None:
       raise ValueError(f"--token={token!r} does not occur in --prompt={prompt!r} (within the model's "
                        f"{model.config.max_len} tokens)")
     encoded.append(ids)
     positions.append(position)
-  vectors_CND = probes.context_vectors(model, params, encoded, positions)
-  similarity_NCC = probes.cosine_similarities(vectors_CND)
-  drift_NC = probes.drift_from_embedding(vectors_CND)
+  vectors_XND = context.context_vectors(model, params, encoded, positions)
+  similarity_NXX = context.cosine_similarities(vectors_XND)
+  drift_NX = context.drift_from_embedding(vectors_XND)
   png = _prepare_out(out or _default_out(workdir, "context", step))
   names = [f"{i}: {prompt[:24]}" for i, prompt in enumerate(prompts)]
-  plots.save(plots.context_plot(similarity_NCC, drift_NC, names, f"{token!r} in {len(prompts)} contexts, step {step}"),
+  plots.save(plots.context_plot(similarity_NXX, drift_NX, names, f"{token!r} in {len(prompts)} contexts, step {step}"),
              png)
-  return {"similarity_NCC": similarity_NCC, "drift_NC": drift_NC, "positions": positions,
-          "table": views.context_table(similarity_NCC, drift_NC), "png": png, "step": step}
+  return {"similarity_NXX": similarity_NXX, "drift_NX": drift_NX, "positions": positions,
+          "table": tables.context_table(similarity_NXX, drift_NX), "png": png, "step": step}
 
 
 def main(argv: list[str]) -> None:

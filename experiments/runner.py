@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import checkpoint, host, sharding, training_probes, validation
+from experiments import checkpoint, host, sharding, validation
 from experiments.data import datasets, pipeline, tokenizers
 from experiments.files import SUMMARY_FILE, exclusive_lock, write_json
+from experiments.inspection import training_probes
 from experiments.metrics import MetricWriter, device_peak_flops
 from experiments.optimizer import learning_rate_schedule, make_optimizer
 from experiments.steps import TrainState, eval_step, summarize_eval, train_steps

@@ -9,8 +9,9 @@ import flax.linen as nn
 import jax
 from ml_collections import ConfigDict
 
-from experiments import sharding, training_probes, views
+from experiments import sharding
 from experiments.data import datasets, tasks, text, tokenizers
+from experiments.inspection import parsing
 from experiments.optimizer import NO_DECAY_KINDS, SCHEDULES
 from transformer import ModelConfig, TransformerLM, model_config_from
 
@@ -204,7 +205,7 @@ def _inspect_errors(section: ConfigDict, model: ModelConfig | None) -> list[str]
   """Problems of the probe settings: prompts that are not text, layers or heads the model does not have."""
   errors = []
   try:
-    training_probes.prompt_list(section.probe_prompts)
+    parsing.prompt_list(section.probe_prompts)
   except ValueError as error:
     errors.append(str(error))
   for name, count in (("layers", model.num_layers if model else None), ("heads", model.num_heads if model else None)):
@@ -213,7 +214,7 @@ def _inspect_errors(section: ConfigDict, model: ModelConfig | None) -> list[str]
       errors.append(f"inspect.{name}={value!r} must be a comma list of indices such as \"0,1\" (\"\" = all)")
     elif count is not None:
       try:
-        views.parse_indices(value, count, f"inspect.{name}")
+        parsing.parse_indices(value, count, f"inspect.{name}")
       except ValueError as error:
         errors.append(str(error))
   return errors

@@ -20,8 +20,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from experiments import checkpoint, inspect, plots, probes, validation, views
+from experiments import checkpoint, inspect, validation
 from experiments.files import read_metrics
+from experiments.inspection import forward_pass, head_scores, html_page, plots
 from experiments.runner import ConfigError, train_and_evaluate
 from tests.test_runner import tiny_config
 from transformer import ModelConfig, TransformerLM
@@ -49,7 +50,7 @@ def trained(tfds_data_dir, tmp_path_factory) -> str:
 
 
 def reference_weights(model: TransformerLM, params, tokens_BL) -> np.ndarray:
-  """weights_NBHLM straight from model.apply with the reference implementation (independent of probes.forward)."""
+  """weights_NBHLM straight from model.apply with the reference implementation (independent of forward_pass.forward)."""
   reference = TransformerLM(dataclasses.replace(model.config, attention_impl="reference"))
   _, state = reference.apply({"params": params}, jnp.asarray(tokens_BL), mutable=["intermediates"])
   inter = state["intermediates"]
@@ -105,9 +106,9 @@ def untrained(config: ModelConfig):
 
 def test_induction_score_is_high_when_trained_and_low_when_untrained(trained):
   model, params, _ = checkpoint.load_model(trained)
-  tokens_BL = probes.random_tokens(model.config.vocab_size, model.config.max_len, 8)
-  trained_scores = probes.head_scores(model, params, tokens_BL)["induction"]
-  fresh_scores = probes.head_scores(*untrained(model.config), tokens_BL)["induction"]
+  tokens_BL = head_scores.random_tokens(model.config.vocab_size, model.config.max_len, 8)
+  trained_scores = head_scores.head_scores(model, params, tokens_BL)["induction"]
+  fresh_scores = head_scores.head_scores(*untrained(model.config), tokens_BL)["induction"]
   print("induction scores, trained:", trained_scores.round(3).tolist(), "untrained:", fresh_scores.round(3).tolist())
   assert trained_scores.max() > 0.4
   assert fresh_scores.max() < 0.15
@@ -120,26 +121,27 @@ def test_scores_of_known_patterns():
   previous_LM[0, 0] = 1.0
   uniform_LM = np.tril(np.ones((l, l))) / np.arange(1, l + 1)[:, None]
   weights_NBHLM = np.stack([previous_LM, uniform_LM])[None, None]  # one layer, one sequence, two heads
-  np.testing.assert_allclose(probes.previous_token_score(weights_NBHLM), [[1.0, np.mean(1 / np.arange(2, l + 1))]],
+  np.testing.assert_allclose(head_scores.previous_token_score(weights_NBHLM),
+                             [[1.0, np.mean(1 / np.arange(2, l + 1))]], rtol=1e-6)
+  np.testing.assert_allclose(head_scores.entropy(weights_NBHLM), [[0.0, np.mean(np.log(np.arange(1, l + 1)))]],
                              rtol=1e-6)
-  np.testing.assert_allclose(probes.entropy(weights_NBHLM), [[0.0, np.mean(np.log(np.arange(1, l + 1)))]], rtol=1e-6)
-  np.testing.assert_allclose(probes.mean_distance(weights_NBHLM)[0, 0], (l - 1) / l, rtol=1e-6)
+  np.testing.assert_allclose(head_scores.mean_distance(weights_NBHLM)[0, 0], (l - 1) / l, rtol=1e-6)
   period = 4
   induction_LM = np.zeros((l, l))
   induction_LM[np.arange(l), np.maximum(np.arange(l) - period + 1, 0)] = 1.0
-  np.testing.assert_allclose(probes.induction_score(induction_LM[None, None, None], period), [[1.0]])
-  np.testing.assert_allclose(probes.induction_score(previous_LM[None, None, None], period), [[0.0]])
+  np.testing.assert_allclose(head_scores.induction_score(induction_LM[None, None, None], period), [[1.0]])
+  np.testing.assert_allclose(head_scores.induction_score(previous_LM[None, None, None], period), [[0.0]])
 
 
 def test_context_similarity_is_one_for_identical_contexts(trained, tmp_path):
   a, b = "1 2 3 4 5 6 7", "9 8 5 11 12"
   result = inspect.run_context(trained, token="5", prompts=[a, a, b], out=str(tmp_path / "c.png"))
-  similarity_NCC = result["similarity_NCC"]
+  similarity_NXX = result["similarity_NXX"]
   assert result["positions"] == [4, 4, 2]
-  assert similarity_NCC.shape == (3, 3, 3)  # embedding + 2 blocks
-  np.testing.assert_allclose(similarity_NCC[:, 0, 1], 1.0, atol=1e-6)
-  np.testing.assert_allclose(similarity_NCC[0], 1.0, atol=1e-6)  # before any context: the same embedding
-  assert similarity_NCC[-1, 0, 2] < 0.999  # different contexts move the same token apart
+  assert similarity_NXX.shape == (3, 3, 3)  # embedding + 2 blocks
+  np.testing.assert_allclose(similarity_NXX[:, 0, 1], 1.0, atol=1e-6)
+  np.testing.assert_allclose(similarity_NXX[0], 1.0, atol=1e-6)  # before any context: the same embedding
+  assert similarity_NXX[-1, 0, 2] < 0.999  # different contexts move the same token apart
   assert "cos(0,1)" in result["table"] and os.path.exists(result["png"])
   with pytest.raises(ValueError, match="does not occur"):
     inspect.run_context(trained, token="5", prompts=[a, "1 2"], out=str(tmp_path / "c.png"))
@@ -165,7 +167,7 @@ def test_a_text_run_is_inspected_in_words(tfds_data_dir, tmp_path):
   result = inspect.run_context(workdir, token="mole", prompts=[digging, chemistry, digging],
                                out=str(tmp_path / "mole.png"))
   assert result["positions"] == [digging.index("mole") + 3, chemistry.index("mole") + 3, digging.index("mole") + 3]
-  np.testing.assert_allclose(result["similarity_NCC"][:, 0, 2], 1.0, atol=1e-6)
+  np.testing.assert_allclose(result["similarity_NXX"][:, 0, 2], 1.0, atol=1e-6)
   result = inspect.run_attention(workdir, digging, out=str(tmp_path / "mole_attention.png"))
   ax = panels(result["figure"])[plots.panel_label(0, 0)]
   assert [t.get_text() for t in ax.get_yticklabels()][:5] == ["t", "h", "e", "␣", "m"]  # whitespace made visible
@@ -219,9 +221,10 @@ def test_training_writes_pattern_images_and_head_scalars_at_each_evaluation(trai
   names = {k for k in by_step[STEPS] if k.startswith("heads/")}
   assert len(names) == 4 * 2 * 2  # 4 scores x 2 layers x 2 heads
   model, params, _ = checkpoint.load_model(trained)
-  repeats = probes.repeated_tokens(model.config.vocab_size, probes.induction_period(model), probes.INDUCTION_BATCH)
-  expected = probes.induction_score(probes.forward(model, params, repeats)["weights_NBHLM"],
-                                    probes.induction_period(model))
+  repeats = head_scores.repeated_tokens(model.config.vocab_size, head_scores.induction_period(model),
+                                        head_scores.INDUCTION_BATCH)
+  expected = head_scores.induction_score(forward_pass.forward(model, params, repeats)["weights_NBHLM"],
+                                         head_scores.induction_period(model))
   assert by_step[STEPS]["heads/induction/layer1_head1"] == pytest.approx(float(expected[1, 1]), abs=1e-5)
 
 
@@ -266,26 +269,26 @@ VARIANTS = [
 def test_every_mask_value_mode_and_grouped_heads(variant):
   config = ModelConfig(vocab_size=16, max_len=12, num_layers=2, d_model=16, num_heads=4, **variant)
   model, params = untrained(config)
-  tokens_BL = probes.random_tokens(16, 12, 2, seed=1)
-  out = probes.forward(model, params, tokens_BL)
+  tokens_BL = head_scores.random_tokens(16, 12, 2, seed=1)
+  out = forward_pass.forward(model, params, tokens_BL)
   weights_NBHLM = np.asarray(out["weights_NBHLM"])
   assert weights_NBHLM.shape == (2, 2, 4, 12, 12)
   np.testing.assert_allclose(weights_NBHLM, reference_weights(model, params, tokens_BL), atol=1e-6)
   # The inspected pass computes the trained model's function, whatever implementation training used.
   np.testing.assert_allclose(out["logits_BLV"], model.apply({"params": params}, jnp.asarray(tokens_BL)), atol=2e-5)
-  allowed_LM = probes.allowed_matrix(model, 12)
+  allowed_LM = forward_pass.allowed_matrix(model, 12)
   assert not weights_NBHLM[..., ~allowed_LM].any()
   np.testing.assert_allclose(weights_NBHLM.sum(-1), 1.0, atol=1e-5)
-  scores = probes.head_scores(model, params, tokens_BL)
+  scores = head_scores.head_scores(model, params, tokens_BL)
   assert all(s.shape == (2, 4) and np.isfinite(s).all() for s in scores.values())
-  figure = views.attention_figure(weights_NBHLM[:, 0], allowed_LM, [str(t) for t in tokens_BL[0]], [1], [0, 2, 3],
+  figure = plots.attention_figure(weights_NBHLM[:, 0], allowed_LM, [str(t) for t in tokens_BL[0]], [1], [0, 2, 3],
                                   "variant")
   assert len(panels(figure)) == 3
   assert plots.to_image(figure).shape[-1] == 3  # it renders
 
 
 def test_probe_prompt_list():
-  from experiments.training_probes import prompt_list
+  from experiments.inspection.parsing import prompt_list
 
   assert prompt_list("") == [] and prompt_list(()) == []
   assert prompt_list("1 2") == ["1 2"] and prompt_list(("1 2", "3")) == ["1 2", "3"]
@@ -296,17 +299,17 @@ def test_probe_prompt_list():
 
 def test_png_cuts_long_sequences_with_a_note():
   weights_NHLM = np.full((1, 1, 12, 12), 1 / 12)
-  figure = views.attention_figure(weights_NHLM, np.ones((12, 12), bool), list("abcdefghijkl"), [0], [0], "t",
+  figure = plots.attention_figure(weights_NHLM, np.ones((12, 12), bool), list("abcdefghijkl"), [0], [0], "t",
                                   png_max_tokens=5)
   assert "first 5 of 12 tokens" in figure._suptitle.get_text()
   assert panels(figure)[plots.panel_label(0, 0)].images[0].get_array().shape == (5, 5)
 
 
 def test_big_models_get_a_page_of_bounded_size():
-  assert views.html_tokens(20, 8) == 20
-  assert views.html_tokens(1024, 1) == views.HTML_MAX_TOKENS
-  shown = views.html_tokens(1024, 12 * 12)  # every head of GPT-2 small
-  assert 100 < shown and 12 * 12 * shown**2 <= views.HTML_MAX_CELLS
+  assert html_page.html_tokens(20, 8) == 20
+  assert html_page.html_tokens(1024, 1) == html_page.HTML_MAX_TOKENS
+  shown = html_page.html_tokens(1024, 12 * 12)  # every head of GPT-2 small
+  assert 100 < shown and 12 * 12 * shown**2 <= html_page.HTML_MAX_CELLS
 
 
 def test_saved_config_records_the_probe_settings(trained):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import attention_html, probes
+from experiments.inspection import forward_pass, html_page
 from transformer import ModelConfig, TransformerLM
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (requirements-dev.txt)")
@@ -57,11 +57,11 @@ def page(tmp_path_factory):
   params = jax.tree.map(lambda x: x * 20.0, params)  # sharper patterns than at init: cells differ
   tokens = ["<a>", "b&", "c", "d", "</script>", "f", "g", "h"]  # labels that must be shown as text, not markup
   ids = np.arange(1, 9, dtype=np.int32)
-  weights_NHLM = np.asarray(probes.forward(model, params, ids[None])["weights_NBHLM"][:, 0])
-  allowed_LM = probes.allowed_matrix(model, 8)
+  weights_NHLM = np.asarray(forward_pass.forward(model, params, ids[None])["weights_NBHLM"][:, 0])
+  allowed_LM = forward_pass.allowed_matrix(model, 8)
   path = tmp_path_factory.mktemp("html") / "attention.html"
-  path.write_text(attention_html.page(weights_NHLM, allowed_LM, tokens, list(range(LAYERS)), list(range(HEADS)),
-                                      "test page"), encoding="utf-8")
+  path.write_text(html_page.page(weights_NHLM, allowed_LM, tokens, list(range(LAYERS)), list(range(HEADS)),
+                                 "test page"), encoding="utf-8")
   return path, weights_NHLM, allowed_LM, tokens
 
 
@@ -91,7 +91,7 @@ def test_page_loads_offline_with_every_head_and_hovering_shows_the_weight(browse
     assert shown.endswith(f"{weights_NHLM[layer, head, query, key]:.4f}"), shown
     assert float(cell.get_attribute("data-weight")) == pytest.approx(weights_NHLM[layer, head, query, key], abs=1e-4)
     strongest = browser.find_elements("css selector", "#top-keys li")
-    assert 1 <= len(strongest) <= attention_html.TOP_KEYS
+    assert 1 <= len(strongest) <= html_page.TOP_KEYS
     best_key = int(np.argmax(np.where(allowed_LM[query], weights_NHLM[layer, head, query], -1)))
     assert strongest[0].text.startswith(f"key {best_key} ")
   masked = browser.find_elements("css selector", "#grid td.cell.masked")

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from experiments import report, sweep
 from experiments.runner import train_and_evaluate
-from experiments.sweep_space import load_config_file
+from experiments.sweeps import engine, report
+from experiments.sweeps.space import load_config_file
 from tests.helpers.sweeps import tiny_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def finished_sweep(tfds_data_dir, tmp_path_factory) -> str:
   """A two-trial sweep run to the end, shared by the tests of this file (they copy it before changing it)."""
   sweepdir = str(tmp_path_factory.mktemp("finished_sweep"))
-  assert sweep.run(tiny_sweep(tfds_data_dir, values=(1, 2), steps=4), sweepdir) == {"COMPLETE": 2}
+  assert engine.run(tiny_sweep(tfds_data_dir, values=(1, 2), steps=4), sweepdir) == {"COMPLETE": 2}
   return sweepdir
 
 

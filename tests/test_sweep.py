@@ -13,7 +13,8 @@ import optuna
 import pytest
 from ml_collections import ConfigDict
 
-from experiments import sweep, sweep_space, validation
+from experiments import validation
+from experiments.sweeps import engine, space, studies
 from experiments.files import read_metrics
 from tests.helpers import postgres
 from tests.helpers.sweeps import tiny_sweep
@@ -23,7 +24,7 @@ SWEEPS = os.path.join(REPO, "configs", "sweeps")
 
 
 def study_of(s: ConfigDict, sweepdir: str, storage: str | None = None) -> optuna.Study:
-  return optuna.load_study(study_name=s.name, storage=storage or sweep.default_storage(sweepdir))
+  return optuna.load_study(study_name=s.name, storage=storage or studies.default_storage(sweepdir))
 
 
 def trial_dirs(sweepdir) -> dict[str, str]:
@@ -37,9 +38,9 @@ def logged_steps(trial_dir: str) -> list[int]:
 
 def test_tiny_sweep_end_to_end_and_a_rerun_trains_nothing(tfds_data_dir, tmp_path):
   s = tiny_sweep(tfds_data_dir)
-  counts = sweep.run(s, str(tmp_path))
+  counts = engine.run(s, str(tmp_path))
   assert counts == {"COMPLETE": 3}
-  expected = {sweep_space.trial_id(s, {"model.num_heads": h}) for h in (1, 2, 4)}
+  expected = {space.trial_id(s, {"model.num_heads": h}) for h in (1, 2, 4)}
   dirs = trial_dirs(tmp_path)
   assert set(dirs) == expected and len(expected) == 3
   study = study_of(s, str(tmp_path))
@@ -53,34 +54,34 @@ def test_tiny_sweep_end_to_end_and_a_rerun_trains_nothing(tfds_data_dir, tmp_pat
     assert saved["model"]["d_model"] == 32  # and the fixed overrides
   before = {d: os.stat(os.path.join(p, "metrics.jsonl")).st_mtime_ns for d, p in dirs.items()}
 
-  assert sweep.run(s, str(tmp_path)) == {"COMPLETE": 3}  # no new trial, nothing retrained
+  assert engine.run(s, str(tmp_path)) == {"COMPLETE": 3}  # no new trial, nothing retrained
   assert {d: os.stat(os.path.join(p, "metrics.jsonl")).st_mtime_ns for d, p in dirs.items()} == before
 
 
 def test_a_failing_trial_is_recorded_and_the_others_finish(tfds_data_dir, tmp_path):
   s = tiny_sweep(tfds_data_dir, values=(3e-3, 1e30), path="optimizer.learning_rate")
   s.fixed.optimizer.end_learning_rate = 1e-5
-  assert sweep.run(s, str(tmp_path)) == {"COMPLETE": 1, "FAIL": 1}
+  assert engine.run(s, str(tmp_path)) == {"COMPLETE": 1, "FAIL": 1}
   failed = study_of(s, str(tmp_path)).get_trials(states=(optuna.trial.TrialState.FAIL,))[0]
   assert failed.params["optimizer.learning_rate"] == 1e30
   assert "NonFiniteLoss" in failed.user_attrs["error"] and "NaN" in failed.user_attrs["error"]
   record = json.loads(open(os.path.join(tmp_path, "trials", failed.user_attrs["trial_id"], "trial.json")).read())
   assert record["status"] == "failed" and "NaN" in record["error"]
-  assert sweep.run(s, str(tmp_path)) == {"COMPLETE": 1, "FAIL": 1}  # a failure is final, not retried
-  assert sweep.run(s, str(tmp_path), retry=True) == {"COMPLETE": 1, "FAIL": 2}  # unless asked: it fails again
-  assert sweep.run(s, str(tmp_path), retry=True) == {"COMPLETE": 1, "FAIL": 3}  # the latest failure is retried
+  assert engine.run(s, str(tmp_path)) == {"COMPLETE": 1, "FAIL": 1}  # a failure is final, not retried
+  assert engine.run(s, str(tmp_path), retry=True) == {"COMPLETE": 1, "FAIL": 2}  # unless asked: it fails again
+  assert engine.run(s, str(tmp_path), retry=True) == {"COMPLETE": 1, "FAIL": 3}  # the latest failure is retried
 
 
 def test_invalid_trials_are_reported_before_anything_runs(tmp_path):
   s = tiny_sweep(str(tmp_path / "data"), values=(2, 3))  # 3 heads do not divide d_model 32
   s.parameters.append({"path": "model.num_head", "values": [1]})
-  with pytest.raises(sweep.SweepError) as error:
-    sweep.run(s, str(tmp_path / "sweep"))
+  with pytest.raises(engine.SweepError) as error:
+    engine.run(s, str(tmp_path / "sweep"))
   lines = str(error.value).splitlines()
   assert any(line.startswith("model.num_head:") for line in lines), lines
   s.parameters.pop()
-  with pytest.raises(sweep.SweepError) as error:
-    sweep.run(s, str(tmp_path / "sweep"))
+  with pytest.raises(engine.SweepError) as error:
+    engine.run(s, str(tmp_path / "sweep"))
   assert str(error.value).startswith("trial num_heads-3: model.num_heads"), str(error.value)
   assert not (tmp_path / "sweep").exists() and not (tmp_path / "data").exists()
 
@@ -100,11 +101,11 @@ def test_a_trial_interrupted_in_process_is_requeued_and_resumed(tfds_data_dir, t
 
   monkeypatch.setattr(runner, "train_and_evaluate", interrupt_the_second)
   with pytest.raises(KeyboardInterrupt):
-    sweep.run(s, str(tmp_path))
+    engine.run(s, str(tmp_path))
   states = [t.state.name for t in study_of(s, str(tmp_path)).trials]
   assert sorted(states) == ["COMPLETE", "FAIL", "WAITING"]
   monkeypatch.setattr(runner, "train_and_evaluate", real)
-  assert sweep.run(s, str(tmp_path)) == {"COMPLETE": 2, "FAIL": 1}
+  assert engine.run(s, str(tmp_path)) == {"COMPLETE": 2, "FAIL": 1}
   interrupted = study_of(s, str(tmp_path)).get_trials(states=(optuna.trial.TrialState.FAIL,))[0]
   assert interrupted.user_attrs["interrupted"] == "KeyboardInterrupt"
   assert len(calls) == 2 and logged_steps(calls[0]) == [1, 2, 3]  # the finished trial ran once
@@ -156,8 +157,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tfds_data_dir,
               if os.path.exists(os.path.join(p, "summary.json"))}
   killed_at = max(logged_steps(dirs[victim]))
 
-  s = sweep_space.load_config_file(str(config_file))
-  assert sweep.run(s, str(sweepdir)) == {"COMPLETE": 3, "FAIL": 1}
+  s = space.load_config_file(str(config_file))
+  assert engine.run(s, str(sweepdir)) == {"COMPLETE": 3, "FAIL": 1}
   dirs = trial_dirs(sweepdir)
   assert len(dirs) == 3
   for d, text in finished.items():  # finished trials untouched
@@ -172,7 +173,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tfds_data_dir,
 
 def _two_workers(s: ConfigDict, sweepdir: str, storage: str | None) -> None:
   """Runs a 4-point grid with two worker processes on one study; asserts every point trained exactly once."""
-  counts = sweep.run(s, sweepdir, storage, workers=2)
+  counts = engine.run(s, sweepdir, storage, workers=2)
   study = study_of(s, sweepdir, storage)
   complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
   trained = [t.user_attrs["trial_id"] for t in complete if not t.user_attrs.get("reused")]
@@ -203,10 +204,10 @@ def test_every_sweep_config_validates(name):
 
   module = importlib.import_module(f"configs.sweeps.{name}")
   s = module.get_config()  # the CPU scale: every trial's config validates, and every trial has its own id
-  assert sweep_space.validate_trials(s, device_count=1) == [], name
-  ids = [sweep_space.trial_id(s, sweep_space.overrides_of(s, p)) for p in sweep_space.grid_points(s)]
+  assert space.validate_trials(s, device_count=1) == [], name
+  ids = [space.trial_id(s, space.overrides_of(s, p)) for p in space.grid_points(s)]
   assert len(set(ids)) == len(ids)
   for scale in module.VARIANTS:  # other scales: the sweep itself and its first trial (each point costs a model)
     s = module.get_config(scale)
-    first = sweep_space.trial_config(s, sweep_space.grid_points(s)[0])
-    assert sweep_space.check_sweep(s) + validation.validate(first, device_count=1, process_count=1) == [], scale
+    first = space.trial_config(s, space.grid_points(s)[0])
+    assert space.check_sweep(s) + validation.validate(first, device_count=1, process_count=1) == [], scale

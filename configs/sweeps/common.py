@@ -2,7 +2,7 @@
 
 A sweep config names a base run config, fixed overrides on it, the parameters to vary, the metric to
 optimise and the sampler. `python -m experiments.sweep --config=configs/sweeps/<name>.py[:accel]` runs it;
-see experiments/sweep_space.py for the parameter formats.
+see experiments/sweeps/space.py for the parameter formats.
 """
 
 from ml_collections import config_dict

@@ -15,8 +15,10 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from experiments.probes import SCORE_TITLES  # noqa: E402
+from experiments.inspection.head_scores import SCORE_TITLES  # noqa: E402
 
+# Tokens drawn in a PNG panel: beyond this, labels become unreadable; the HTML page shows more (it scrolls).
+PNG_MAX_TOKENS = 64
 PANEL_INCHES = 3.2  # a panel of up to 24 tokens; longer sequences get bigger panels, up to 2.5 times
 FIGURE_MAX_INCHES = 40.0  # many panels shrink to fit: 4,000 pixels a side at the 100 dpi of `save`
 # Masked cells are not drawn by the colour map (transparent) and show a grey hatch beneath instead, so a
@@ -72,11 +74,34 @@ def attention_grid(weights_NHLM: np.ndarray, allowed_LM: np.ndarray, tokens: lis
   return fig
 
 
+def attention_figure(weights_NHLM: np.ndarray, allowed_LM: np.ndarray, labels: list[str], layers: list[int],
+                     heads: list[int], title: str, note: str = "", png_max_tokens: int = PNG_MAX_TOKENS) -> Figure:
+  """The attention-pattern grid of one sequence, cut to its first png_max_tokens tokens with a note.
+
+  Args:
+    weights_NHLM: the sequence's attention, all layers and heads (forward_pass.forward).
+    allowed_LM: the model's mask for the sequence (forward_pass.allowed_matrix).
+    labels: one label per token (the tokenizer's token_strings).
+    layers: the layers to show.
+    heads: the heads to show.
+    title: the figure's title.
+    note: a line under the title.
+    png_max_tokens: the figure shows at most this many first tokens (labels beyond are unreadable).
+  """
+  length = len(labels)
+  shown = min(length, png_max_tokens)
+  png_note = note
+  if shown < length:
+    png_note = "; ".join(filter(None, [note, f"first {shown} of {length} tokens shown"]))
+  return attention_grid(weights_NHLM[:, :, :shown, :shown], allowed_LM[:shown, :shown], labels[:shown], layers,
+                        heads, title, png_note)
+
+
 def score_maps(scores: dict[str, np.ndarray], title: str) -> Figure:
   """A layer x head heat map per score, each cell annotated with its value.
 
   Args:
-    scores: {score name: scores_NH}, names from probes.SCORE_TITLES.
+    scores: {score name: scores_NH}, names from head_scores.SCORE_TITLES.
     title: the figure's title.
   """
   n, h = next(iter(scores.values())).shape
@@ -99,28 +124,28 @@ def score_maps(scores: dict[str, np.ndarray], title: str) -> Figure:
   return fig
 
 
-def context_plot(similarity_NCC: np.ndarray, drift_NC: np.ndarray, names: list[str], title: str) -> Figure:
+def context_plot(similarity_NXX: np.ndarray, drift_NX: np.ndarray, names: list[str], title: str) -> Figure:
   """Cosine similarity between contexts (left) and to the token's embedding (right), layer by layer.
 
   Args:
-    similarity_NCC: cosine between every two contexts at every layer (row 0: the token embedding).
-    drift_NC: cosine between each context's vector and the token embedding.
+    similarity_NXX: cosine between every two contexts at every layer (row 0: the token embedding).
+    drift_NX: cosine between each context's vector and the token embedding.
     names: a short name per context.
     title: the figure's title.
   """
-  n, c = drift_NC.shape
+  n, x = drift_NX.shape
   layers = ["embed"] + [f"block {i}" for i in range(n - 1)]
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-  for i in range(c):
-    for j in range(i + 1, c):
-      left.plot(range(n), similarity_NCC[:, i, j], marker="o", label=f"{names[i]} vs {names[j]}")
-    right.plot(range(n), drift_NC[:, i], marker="o", label=names[i])
+  for i in range(x):
+    for j in range(i + 1, x):
+      left.plot(range(n), similarity_NXX[:, i, j], marker="o", label=f"{names[i]} vs {names[j]}")
+    right.plot(range(n), drift_NX[:, i], marker="o", label=names[i])
   for ax, what in ((left, "cosine between contexts"), (right, "cosine to the token embedding")):
     ax.set_label(what)
     ax.set_xticks(range(n), layers)
     ax.set_xlabel("residual stream after")
     ax.set_ylabel(what)
-    ax.set_ylim(min(-0.05, float(np.min(similarity_NCC)) - 0.05, float(np.min(drift_NC)) - 0.05), 1.05)
+    ax.set_ylim(min(-0.05, float(np.min(similarity_NXX)) - 0.05, float(np.min(drift_NX)) - 0.05), 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=11)
@@ -134,8 +159,8 @@ def save(fig: Figure, path: str) -> None:
 
 
 def to_image(fig: Figure) -> np.ndarray:
-  """The figure as uint8 RGB [H,W,3] (for TensorBoard), and frees it."""
+  """The figure as uint8 RGB, pixel rows x pixel columns x 3 (for TensorBoard), and frees it."""
   fig.canvas.draw()
-  image_HWC = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
   plt.close(fig)
-  return image_HWC
+  return rgb

@@ -1,7 +1,7 @@
 """What a sweep config describes, as plain data: its parameters, its grid, each trial's overrides and id.
 
-Pure functions of the sweep config (no Optuna, no training), shared by experiments/sweep.py (the engine)
-and experiments/report.py. A sweep config's `parameters` is a list of entries, each one of:
+Pure functions of the sweep config (no Optuna, no training), used by the engine (experiments/sweeps/study.py,
+trials.py, engine.py). A sweep config's `parameters` is a list of entries, each one of:
 
   {"path": "model.num_heads", "values": [1, 2, 4]}              grid values (random/TPE: choices)
   {"paths": ["model.num_heads", "model.head_dim"],
@@ -24,9 +24,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from experiments import validation
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLERS = ("grid", "random", "tpe")
 DIRECTIONS = ("minimize", "maximize")
 LOCATION_KEYS = ("data.data_dir", "data.manual_dir")  # where data live, not what a trial trains on: not in its id
@@ -62,10 +60,6 @@ def flatten(section: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
 def entry_name(entry: dict) -> str:
   """The Optuna parameter name of an entry: its path, or its paths joined by '+'."""
   return entry["path"] if "path" in entry else "+".join(entry["paths"])
-
-
-def entry_paths(entry: dict) -> list[str]:
-  return [entry["path"]] if "path" in entry else list(entry["paths"])
 
 
 def parameters(sweep: ConfigDict) -> list[dict]:
@@ -202,6 +196,10 @@ def validate_trials(sweep: ConfigDict, device_count: int | None = None) -> list[
 
   A grid is checked point by point; a random or TPE space at each choice and at both ends of each range.
   """
+  # The run's validation builds the model (flax, JAX): imported here, so that the sweep command loads neither
+  # before it checks the trials.
+  from experiments import validation  # pylint: disable=g-import-not-at-top
+
   errors = check_sweep(sweep)
   if errors:
     return errors

@@ -14,6 +14,10 @@ import json
 import numpy as np
 
 TOP_KEYS = 5
+# The page carries every weight it shows as text: at most this many cells (about 30 MB), and at most
+# HTML_MAX_TOKENS tokens (a table of 512 x 512 cells is already slow to draw).
+HTML_MAX_CELLS = 4_000_000
+HTML_MAX_TOKENS = 512
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1em; color: #222; }
@@ -107,6 +111,11 @@ layerSelect.addEventListener('change', render);
 headSelect.addEventListener('change', render);
 render();
 """
+
+
+def html_tokens(length: int, panels: int) -> int:
+  """How many first tokens of a sequence the page shows for `panels` layer-head pairs."""
+  return max(1, min(length, HTML_MAX_TOKENS, int((HTML_MAX_CELLS / max(panels, 1)) ** 0.5)))
 
 
 def page(weights_NHLM: np.ndarray, allowed_LM: np.ndarray, tokens: list[str], layers: list[int], heads: list[int],

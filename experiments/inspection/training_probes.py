@@ -7,24 +7,14 @@ bitwise identical to one that never stopped. Their forward passes are jitted onc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import plots, probes, views
+from experiments.inspection import forward_pass, head_scores, parsing
 from transformer import TransformerLM
-
-
-def prompt_list(value: Any) -> list[str]:
-  """The prompts of `inspect.probe_prompts`: a string is one prompt ("" none), a sequence several."""
-  if isinstance(value, str):
-    return [value] if value.strip() else []
-  if isinstance(value, Sequence) and all(isinstance(p, str) for p in value):
-    return [p for p in value if p.strip()]
-  raise ValueError(f"inspect.probe_prompts={value!r} must be a string or a tuple of strings")
 
 
 def scalar_name(score: str, layer: int, head: int) -> str:
@@ -50,21 +40,21 @@ class TrainingProbes:
     c, section = model.config, config.get("inspect")
     self.model = model
     self.prompts = []  # (ids, labels, note) of each prompt
-    prompts = prompt_list(section.probe_prompts) if section is not None else []
+    prompts = parsing.prompt_list(section.probe_prompts) if section is not None else []
     if not prompts:
       return
-    self.layers = views.parse_indices(section.layers, c.num_layers, "inspect.layers")
-    self.heads = views.parse_indices(section.heads, c.num_heads, "inspect.heads")
+    self.layers = parsing.parse_indices(section.layers, c.num_layers, "inspect.layers")
+    self.heads = parsing.parse_indices(section.heads, c.num_heads, "inspect.heads")
     for i, prompt in enumerate(prompts):
       try:
-        ids, note = views.encode(tokenizer, prompt, c.max_len)
+        ids, note = parsing.encode(tokenizer, prompt, c.max_len)
       except ValueError as error:
         raise ValueError(f"inspect.probe_prompts[{i}]={prompt!r} cannot be used: {error}") from None
       self.prompts.append((ids, list(tokenizer.token_strings(ids)), note))
-    self.period = probes.induction_period(model)
-    self.repeats_BL = probes.repeated_tokens(c.vocab_size, self.period, probes.INDUCTION_BATCH)
+    self.period = head_scores.induction_period(model)
+    self.repeats_BL = head_scores.repeated_tokens(c.vocab_size, self.period, head_scores.INDUCTION_BATCH)
     # Replicated outputs: every process of a multi-host job can read the weights it plots.
-    self._forward = jax.jit(lambda params, tokens_BL: probes.forward(model, params, tokens_BL)["weights_NBHLM"],
+    self._forward = jax.jit(lambda params, tokens_BL: forward_pass.forward(model, params, tokens_BL)["weights_NBHLM"],
                             out_shardings=out_sharding)  # the inner jit is inlined into this one
 
   @property
@@ -77,7 +67,7 @@ class TrainingProbes:
     # Entropy, distance and previous-token on the first prompt; induction on repeated random blocks.
     first_NBHLM = prompt_weights[0][:, None]
     repeat_NBHLM = np.asarray(jax.device_get(self._forward(params, self.repeats_BL)))
-    scores = probes.scores_of(first_NBHLM, repeat_NBHLM, self.period)
+    scores = head_scores.scores_of(first_NBHLM, repeat_NBHLM, self.period)
     scalars = {scalar_name(name, layer, head): float(value)
                for name, scores_NH in scores.items() for (layer, head), value in np.ndenumerate(np.asarray(scores_NH))}
     return scalars, prompt_weights
@@ -88,9 +78,11 @@ class TrainingProbes:
     writer.write(step, scalars)
     if not writer.enabled:
       return
+    # matplotlib only here, where a figure is drawn: a run without probes (and its validation) never imports it.
+    from experiments.inspection import plots  # pylint: disable=g-import-not-at-top
+
     for i, ((ids, labels, note), weights_NHLM) in enumerate(zip(self.prompts, prompt_weights)):
-      allowed_LM = probes.allowed_matrix(self.model, len(ids))
-      figure = views.attention_figure(weights_NHLM, allowed_LM, labels, self.layers, self.heads,
+      allowed_LM = forward_pass.allowed_matrix(self.model, len(ids))
+      figure = plots.attention_figure(weights_NHLM, allowed_LM, labels, self.layers, self.heads,
                                       f"prompt {i} at step {step}", note)
       writer.write_image(step, f"attention/prompt{i}", plots.to_image(figure))
-

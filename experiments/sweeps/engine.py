@@ -1,0 +1,171 @@
+"""Runs a sweep: validates every trial, then workers ask the study for trials and run them until it is covered.
+
+One worker runs in this process, or several in spawned processes; they take trials one at a time under a lock
+in SWEEPDIR (`_ask_lock`) and run each to its end (trials.run_trial). What makes a rerun of the same sweep safe
+is told where users read it, in the command's docstring (experiments/sweep.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+
+from ml_collections import ConfigDict
+
+from experiments import host
+from experiments.files import exclusive_lock, write_json
+from experiments.sweeps import space, studies, trials
+
+
+class SweepError(ValueError):
+  """The sweep config or one of its trials' configs is invalid; one line per problem."""
+
+
+@contextlib.contextmanager
+def _ask_lock(sweepdir: str):
+  """Serializes `study.ask()` among the processes sharing sweepdir.
+
+  Popping a queued (WAITING) trial is a read then a write; PostgreSQL and MySQL lock the row (SELECT ... FOR
+  UPDATE), SQLite does not, so two local workers could both pop the same queued trial.
+  """
+  with exclusive_lock(os.path.join(sweepdir, ".ask.lock"), wait=True):
+    yield
+
+
+def raise_interrupt(signum, frame):
+  """A signal handler that stops the sweep as Ctrl-C does (trials save a checkpoint and are requeued)."""
+  del signum, frame
+  raise KeyboardInterrupt
+
+
+def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int = 0) -> int:
+  """One worker: asks for trials and runs them until the sweep is covered; returns the trials it trained.
+
+  Args:
+    sweep: the sweep config.
+    sweepdir: the sweep's workdir.
+    storage_url: the Optuna storage.
+    worker_index: this worker's index on this machine (seeds random and TPE samplers).
+
+  Returns:
+    The number of trials this worker trained (or tried to).
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (a worker trains: JAX from here on)
+
+  if not jax.config.jax_compilation_cache_dir:  # reruns and repeated shapes skip compiling
+    jax.config.update("jax_compilation_cache_dir", os.path.join(sweepdir, "xla_cache"))
+  if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # SIGTERM outside training stops like Ctrl-C
+    signal.signal(signal.SIGTERM, raise_interrupt)
+  study = studies.open_study(sweep, storage_url, worker_index)
+  trained, idle = 0, 0
+  max_idle = len(space.grid_points(sweep)) + 5 if sweep.sampler == "grid" else 3 * max(sweep.num_trials, 1)
+  try:
+    while True:
+      trials.recover_stale(study, sweep, sweepdir)
+      if studies.finished(study, sweep):
+        break
+      if idle > max_idle:  # every point asked for lately was trained already: the sampler has nothing new
+        logging.warning("worker %d: %d trials in a row were already done; stopping", worker_index, idle)
+        break
+      with _ask_lock(sweepdir):  # one local worker at a time takes a trial (see _ask_lock)
+        trial = study.ask()
+      if trials.run_trial(study, trial, sweep, sweepdir):
+        trained, idle = trained + 1, 0
+      else:
+        idle += 1
+  except trials.Interrupted as error:
+    logging.warning("worker %d stopped: %s; rerun the same command to resume", worker_index, error)
+    raise KeyboardInterrupt from None
+  return trained
+
+
+def keep_freed_memory(sweep: ConfigDict) -> None:
+  """host.keep_freed_memory as for the sweep's base config (a base that does not load is reported later)."""
+  try:
+    one_heap = host.one_heap_pays(space.load_config_file(sweep.base))
+  except (FileNotFoundError, ValueError, TypeError, AttributeError):
+    one_heap = False
+  host.keep_freed_memory(one_heap)
+
+
+def _worker_process(sweep_dict: dict, sweepdir: str, storage_url: str, worker_index: int) -> None:
+  # Warnings and errors only: a worker's INFO lines (orbax, TFDS) would bury the trials' own messages.
+  logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_index}] %(levelname)s %(message)s")
+  keep_freed_memory(ConfigDict(sweep_dict))
+  try:
+    work(ConfigDict(sweep_dict), sweepdir, storage_url, worker_index)
+  except KeyboardInterrupt:
+    sys.exit(130)  # the parent tells an interrupted worker from a crashed one by this status
+
+
+def _run_workers(sweep: ConfigDict, sweepdir: str, storage_url: str, workers: int) -> None:
+  """Runs `workers` worker processes to their end; a signal to this process stops them all."""
+  context = multiprocessing.get_context("spawn")  # fork would copy JAX's threads and state
+  processes = [context.Process(target=_worker_process, args=(sweep.to_dict(), sweepdir, storage_url, index))
+               for index in range(workers)]
+  for process in processes:
+    process.start()
+  try:
+    for process in processes:
+      process.join()
+  except KeyboardInterrupt:  # the workers got the signal too if it came from a terminal; make sure
+    for process in processes:
+      if process.is_alive():
+        # SIGTERM, not SIGINT: a process started in the background ignores SIGINT outside training.
+        os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+      process.join()
+    raise
+  codes = [process.exitcode for process in processes]
+  if any(code == 130 or (code is not None and code < 0) for code in codes):
+    raise KeyboardInterrupt  # a worker was stopped by a signal: the sweep is not done
+  if any(codes):
+    raise RuntimeError(f"sweep workers exited with status {codes}: see their messages above")
+
+
+def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, workers: int = 1,
+        retry: bool = False) -> dict[str, int]:
+  """Validates every trial, then runs the sweep with `workers` processes (1: in this process).
+
+  Args:
+    sweep: the sweep config.
+    sweepdir: the sweep's workdir.
+    storage_url: Optuna storage (default: SQLite in sweepdir).
+    workers: trials run in parallel, each in its own process.
+    retry: run the points of failed trials again (after fixing what made them fail).
+
+  Returns:
+    Counts of the study's trials by state (COMPLETE, FAIL, ...) after the run.
+
+  Raises:
+    SweepError: the sweep or a trial's config is invalid (nothing was run or written).
+    KeyboardInterrupt: a signal stopped the sweep (or a worker); rerunning resumes it.
+  """
+  errors = space.validate_trials(sweep)
+  if errors:
+    raise SweepError("\n".join(errors))
+  os.makedirs(os.path.join(sweepdir, "trials"), exist_ok=True)
+  storage_url = storage_url or studies.default_storage(sweepdir)
+  write_json(os.path.join(sweepdir, "sweep.json"), {**sweep.to_dict(), "storage": storage_url})
+  study = studies.open_study(sweep, storage_url)
+  if retry:
+    logging.warning("retrying %d failed trials", studies.retry_failed(study, sweep))
+  if workers <= 1:
+    work(sweep, sweepdir, storage_url)
+  else:
+    _run_workers(sweep, sweepdir, storage_url, workers)
+  return studies.state_counts(study)
+
+
+def run_command(sweep: ConfigDict, sweepdir: str, storage_url: str | None, workers: int, retry: bool) -> dict[str, int]:
+  """`run` as the sweep command calls it: SIGTERM stops it as Ctrl-C does, and freed memory is kept as for the base.
+
+  Spawned workers keep freed memory themselves; this covers trials run in this process (workers <= 1).
+  """
+  signal.signal(signal.SIGTERM, raise_interrupt)
+  keep_freed_memory(sweep)
+  return run(sweep, sweepdir, storage_url, workers, retry)

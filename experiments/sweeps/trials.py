@@ -1,0 +1,142 @@
+"""One trial of a sweep: claim its point, train it as a normal run in SWEEPDIR/trials/<id>, tell the study.
+
+A trial holds an exclusive lock on SWEEPDIR/trials/<id>/.claim while it runs, so no point trains in two
+processes at once, and a RUNNING trial whose lock is free belongs to a process that died (`recover_stale`).
+Each trial's directory also holds trial.json, its record for the report (status, parameters, error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import optuna
+from ml_collections import ConfigDict
+
+from experiments.files import CLAIM_FILE, SUMMARY_FILE, TRIAL_FILE, exclusive_lock, read_json, write_json
+from experiments.sweeps import space, studies
+
+STALE_UNCLAIMED_SEC = 120  # a RUNNING trial that never claimed a point after this long is dead
+
+
+class Interrupted(Exception):
+  """A signal stopped the trial in progress; its checkpoint is saved and the worker stops."""
+
+
+@contextlib.contextmanager
+def claim(trial_dir: str):
+  """Yields True while this process holds the point's lock, False if a live process holds it."""
+  os.makedirs(trial_dir, exist_ok=True)
+  with exclusive_lock(os.path.join(trial_dir, CLAIM_FILE), wait=False) as handle:
+    yield handle is not None
+
+
+def _record(trial_dir: str, **fields: Any) -> None:
+  """Updates trial.json, the trial's record that the report reads without the database."""
+  path = os.path.join(trial_dir, TRIAL_FILE)
+  write_json(path, {**(read_json(path) or {}), **fields, "updated": time.time()})
+
+
+def _stored(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+  """The trial as the storage holds it now, whichever process changed it last."""
+  return study._storage.get_trial(trial._trial_id)  # pylint: disable=protected-access
+
+
+def recover_stale(study: optuna.Study, sweep: ConfigDict, sweepdir: str) -> None:
+  """Requeues RUNNING trials whose process died: their point's lock is free (or never taken, long ago)."""
+  for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    point = frozen.user_attrs.get("trial_id")
+    if point is None:
+      started = frozen.datetime_start.timestamp() if frozen.datetime_start else time.time()
+      if time.time() - started > STALE_UNCLAIMED_SEC:
+        studies.requeue(study, sweep, frozen, "its process died before it claimed a point")
+      continue
+    trial_dir = os.path.join(sweepdir, "trials", point)
+    with claim(trial_dir) as owned:
+      if owned:  # held by no live process; re-read under the lock so that a trial just finished is left alone
+        current = _stored(study, frozen)
+        if current.state == optuna.trial.TrialState.RUNNING:
+          studies.requeue(study, sweep, current, "its process died")
+          _record(trial_dir, status="interrupted")
+
+
+def _suggest(trial: optuna.Trial, sweep: ConfigDict) -> dict[str, Any]:
+  """Asks the sampler for every parameter; returns the Optuna params."""
+  for entry in space.parameters(sweep):
+    name = space.entry_name(entry)
+    if "values" in entry:
+      trial.suggest_categorical(name, [space.encode(entry, v) for v in entry["values"]])
+    elif entry.get("int"):
+      trial.suggest_int(name, entry["low"], entry["high"], log=bool(entry.get("log")))
+    else:
+      trial.suggest_float(name, entry["low"], entry["high"], log=bool(entry.get("log")))
+  return dict(trial.params)
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweepdir: str) -> bool:
+  """Runs one asked trial to its end and tells the study; returns whether it trained.
+
+  Raises:
+    Interrupted: a signal stopped the training (checkpoint saved, trial requeued).
+  """
+  params = _suggest(trial, sweep)
+  overrides = space.overrides_of(sweep, params)
+  point = space.trial_id(sweep, overrides)
+  trial_dir = os.path.join(sweepdir, "trials", point)
+  with claim(trial_dir) as owned:
+    if not owned:  # another live process trains this point (a race of two workers on one grid point)
+      if _stored(study, trial).user_attrs.get("trial_id") == point:
+        return False  # this very trial, popped twice: its owner tells the study
+      trial.set_user_attr("duplicate_of", point)
+      study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+      return False
+    trial.set_user_attr("trial_id", point)  # only under the lock: recover_stale relies on this order
+    trial.set_user_attr("overrides", json.loads(json.dumps(overrides, default=str)))
+    summary = read_json(os.path.join(trial_dir, SUMMARY_FILE))
+    if summary and summary.get("status") == "completed":  # trained before (e.g. a study database was lost)
+      trial.set_user_attr("reused", True)
+      _tell(study, trial, summary, sweep.metric, trial_dir)
+      return False
+    _record(trial_dir, id=point, status="running", number=trial.number, params=params, overrides=overrides,
+            metric=sweep.metric, worker=f"{socket.gethostname()}:{os.getpid()}", error=None)
+    # The run (JAX, flax, orbax) is imported here, where a worker trains: the sweep command and its
+    # bookkeeping do without it.
+    from experiments import runner  # pylint: disable=g-import-not-at-top
+
+    try:
+      config = space.trial_config(sweep, params)
+      summary = runner.train_and_evaluate(config, trial_dir)
+    except KeyboardInterrupt:
+      studies.requeue(study, sweep, _stored(study, trial), "KeyboardInterrupt")
+      _record(trial_dir, status="interrupted")
+      raise Interrupted(f"trial {point} interrupted") from None
+    except Exception as error:  # pylint: disable=broad-except  (any failure of one trial is recorded, not fatal)
+      message = f"{type(error).__name__}: {error}".strip()
+      logging.error("trial %d (%s) failed: %s", trial.number, point, message)
+      trial.set_user_attr("error", message[:4000])
+      study.tell(trial, state=optuna.trial.TrialState.FAIL)
+      _record(trial_dir, status="failed", error=message)
+      return True
+    if summary["status"] != "completed":  # stopped by SIGINT/SIGTERM: the runner saved a checkpoint
+      studies.requeue(study, sweep, _stored(study, trial), summary["status"])
+      _record(trial_dir, status="interrupted")
+      raise Interrupted(f"trial {point}: {summary['status']}")
+    _tell(study, trial, summary, sweep.metric, trial_dir)
+    return True
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, summary: dict, metric: str, trial_dir: str) -> None:
+  value = summary.get("final", {}).get(metric)
+  if value is None:
+    message = f"the run's summary has no {metric!r}: set the sweep's metric to one the run evaluates"
+    trial.set_user_attr("error", message)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    _record(trial_dir, status="failed", error=message)
+    return
+  study.tell(trial, float(value))
+  _record(trial_dir, status="completed", value=float(value), error=None)
