@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import checkpoint, runner
+from experiments import build, checkpoint
 from experiments.data import pipeline
 
 
@@ -52,7 +52,7 @@ def measure(workdir: str, examples: int) -> dict | None:
   if config.data.task != "induction":
     return None
   model, params, step = checkpoint.load_model(workdir)
-  data = runner.load_data(config)
+  data = build.load_data(config)
   batch = next(iter(pipeline.eval_batches(data.validation, batch_size=examples)))
   forced, sampled = sampled_accuracy(model, params, np.asarray(batch["inputs"]), np.asarray(batch["targets"]),
                                      np.asarray(batch["weights"]))

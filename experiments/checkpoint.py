@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
+from experiments.files import CONFIG_FILE
 from experiments.steps import TrainState
 from transformer import TransformerLM, model_config_from
 
 CHECKPOINTS = "checkpoints"
-CONFIG_FILE = "config.json"
 
 
 def make_manager(workdir: str, ck: ConfigDict | None = None, *, read_only: bool = False) -> ocp.CheckpointManager:

@@ -1,9 +1,9 @@
 r"""Evaluates a training run's checkpoint on its validation split.
 
-  python -m experiments.evaluate --workdir=DIR [--step=N] [--config.eval.max_batches=10]
+  python -m experiments.evaluate --workdir=DIR [--step=N] [--max_batches=10]
 
-The run's own config (DIR/config.json) defines the model and data; `--config.*` style overrides of
-the eval section are accepted as `--max_batches`.
+The run's own config (DIR/config.json) defines the model and data; `--max_batches` overrides its
+eval.max_batches.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import sys
 import jax
 from absl import app, flags
 
-from experiments import checkpoint
-from experiments.runner import Trainer
+from experiments import build, checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
@@ -27,9 +26,10 @@ def evaluate(workdir: str, step: int | None = None, max_batches: int | None = No
   config = checkpoint.read_config(workdir)
   if max_batches is not None:
     config.eval.max_batches = max_batches
-  trainer = Trainer(config, workdir)
-  params, step = checkpoint.restore_params(workdir, trainer.abstract_state.params, step)
-  return {"step": step, **trainer.evaluate(params)}
+  sharded = build.ShardedModel(config)
+  evaluation = build.Evaluation(config, sharded, build.load_data(config))
+  params, step = checkpoint.restore_params(workdir, sharded.abstract_params, step)
+  return {"step": step, **evaluation.evaluate(params)}
 
 
 def main(argv):

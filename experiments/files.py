@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from typing import IO, Any
 
+CONFIG_FILE = "config.json"  # the run's resolved config, written before it trains
 SUMMARY_FILE = "summary.json"  # the run's result, written once it ends
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, appended by the run
 TRIAL_FILE = "trial.json"  # written by the sweep in each trial's workdir: status, parameters, error

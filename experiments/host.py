@@ -1,4 +1,7 @@
-"""Settings of the host process that the training commands apply once at start-up."""
+"""The host process of a run: malloc settings applied once at start-up, the heap guard, and preemption signals.
+
+Light on purpose (no JAX at import): the sweep imports it before its workers start JAX.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import signal
+from typing import Any, Callable
 
 from ml_collections import ConfigDict
 
@@ -25,16 +30,15 @@ def keep_freed_memory(one_heap: bool = False) -> bool:
 
   XLA's CPU runtime allocates every call's outputs and temporaries afresh. With glibc's defaults, large
   blocks are fresh mappings, unmapped when freed, so each call of a train step faults its pages in again
-  and the kernel zeroes them. By default this raises the mmap and trim thresholds to 1 GiB: 62 -> 44 ms
-  a step of the small Shakespeare model when measured (docs/performance.md).
+  and the kernel zeroes them. By default this raises the mmap and trim thresholds to 1 GiB, so that freed
+  blocks are reused.
 
   That is not enough for a big step: the thresholds are C ints, and threads other than the first get
-  arenas of at most 64 MiB that map anything larger whatever the threshold, as XLA's 7 GiB of temporaries
-  for the big Shakespeare recipe were (2.4 million faults per call of 2 steps). `one_heap` serves every
-  thread from the main heap with no mappings and no trimming: that step went 11.3 -> 9.65 s. It is not
-  the default because it costs small steps ~10% (38 -> 42 ms, 48 MB of temporaries; likely the lock that
-  every thread then shares). Either way the process keeps its peak heap. Call it before other threads
-  allocate: arenas already made stay in use.
+  arenas of at most 64 MiB that map anything larger whatever the threshold, as the temporaries of the big
+  Shakespeare recipe were. `one_heap` serves every thread from the main heap with no mappings and no
+  trimming. It is not the default because it slows small steps (likely the lock that every thread then
+  shares). Either way the process keeps its peak heap. Call it before other threads allocate: arenas
+  already made stay in use. What each setting did: docs/performance.md, "Figures behind the code's choices".
 
   Returns:
     True if the settings were applied; False where the C library is not glibc (nothing changes).
@@ -56,7 +60,7 @@ def estimated_step_temporaries(config: ConfigDict) -> int:
 
   Per layer and token: about ten vectors of width D, three of the MLP width, and, unless attention is
   chunked, the weights and their dropout of every head over the context. Within 2x of XLA's own account
-  for the Shakespeare recipes (41 MB against 48 MB; 4.5 GB against 7 GB): enough to choose a malloc setting.
+  for the Shakespeare recipes (docs/performance.md): enough to choose a malloc setting.
   """
   m = config.model
   mlp_dim = m.mlp_dim or 4 * m.d_model
@@ -84,11 +88,11 @@ class HeapGuard:
 
   One heap (keep_freed_memory(one_heap=True)) never gives memory back, so a call whose temporaries cannot
   reuse the block the previous call freed (both alive at once, or the block split by small allocations in
-  between) grows the heap by a whole block for good. It happens at random, and it compounds: the big
-  Shakespeare step went 7.4 -> 13.7 -> 20.3 GB resident over three calls and was killed for memory on the
-  24 GiB machine. The train loop calls `settle()` once a call has finished and `check()` after later calls;
-  a check that finds the process more than `slack_bytes` above the settled size runs malloc_trim, which
-  releases every free page of the heap: the next call faults its temporaries in again, once.
+  between) grows the heap by a whole block for good. It happens at random, and it compounds until the
+  process is killed for memory (docs/performance.md). The train loop calls `after_call` after each call:
+  the first settles the size, and a later one that finds the process more than `slack_bytes` above it
+  runs malloc_trim, which releases every free page of the heap: the next call faults its temporaries in
+  again, once.
   """
 
   def __init__(self, slack_bytes: int):
@@ -97,6 +101,15 @@ class HeapGuard:
 
   def settle(self) -> None:
     self.settled_bytes = resident_bytes()
+
+  def after_call(self, wait_for_call: Callable[[], Any]) -> None:
+    """Settles after the first call, once `wait_for_call` returns (it has compiled and run, its temporaries
+    resident); checks after every later call."""
+    if self.settled_bytes is None:
+      wait_for_call()
+      self.settle()
+    else:
+      self.check()
 
   def check(self) -> bool:
     """Trims the heap if the process has grown past its settled size; returns whether it did."""
@@ -111,3 +124,41 @@ class HeapGuard:
     logging.warning("heap grew to %.1f GB resident (settled at %.1f GB): free pages given back, now %.1f GB",
                     resident / 1e9, self.settled_bytes / 1e9, (resident_bytes() or 0) / 1e9)
     return True
+
+
+class Preemption:
+  """Turns SIGTERM and SIGINT into a flag the loop checks, so that it can save and exit cleanly.
+
+  `process_count` is the job's (`jax.process_count()`). On several processes SIGTERM is left to JAX's
+  coordination service, which agrees on one step for all of them to stop at (see `reached`).
+  """
+
+  def __init__(self, process_count: int):
+    self.process_count = process_count
+    self.signal_name = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      if sig == signal.SIGTERM and self.process_count > 1:
+        continue
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+
+  def reached(self, step: int) -> bool:
+    """True once a signal asks the run to stop; on several hosts, at the same step on all of them."""
+    if self.process_count > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal_name = self.signal_name or "SIGTERM"
+        return True
+    return self.signal_name is not None
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)

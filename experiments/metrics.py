@@ -1,14 +1,18 @@
-"""Where metrics go: metrics.jsonl, TensorBoard event files, a progress bar, and summary.json.
+"""Where metrics go: metrics.jsonl, TensorBoard and the progress bar, via the train log that keeps them on the
+devices between host syncs.
 
 Also the device peak that MFU divides by: a table for accelerators, a measured matmul peak on CPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +41,9 @@ def measure_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int =
   """FLOP/s of a jitted matmul in `dtype` on the default device: the CPU 'peak' MFU is measured against.
 
   The fastest of `repeats` runs: a peak is what the machine can do, and on a shared machine the median
-  of a few runs moved by a fifth from one measurement to the next. In the compute dtype, accumulated in
-  float32 as the model's matmuls are: on the project's CPU (AVX512-BF16) that ran at about twice the
-  float32 matmul's FLOP/s.
+  of a few runs moves from one measurement to the next. In the compute dtype, accumulated in float32 as
+  the model's matmuls are, since a CPU with bfloat16 instructions runs that faster than float32 (figures
+  in docs/performance.md).
   """
   a = jnp.ones((size, size), jnp.dtype(dtype))
   matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
@@ -100,3 +104,82 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tensorboard.close()
+
+
+class NonFiniteLoss(RuntimeError):
+  """Training produced a NaN or infinite loss."""
+
+
+class Throughput:
+  """Wall time, steps and time waiting for data since the last restart: the perf/ metrics of an interval."""
+
+  def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float):
+    self.tokens_per_step, self.flops_per_token, self.peak_flops = tokens_per_step, flops_per_token, peak_flops
+    self.restart()
+
+  def restart(self) -> None:
+    self.start, self.steps, self.data_wait = time.perf_counter(), 0, 0.0
+
+  @contextlib.contextmanager
+  def waiting_for_data(self) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    self.data_wait += time.perf_counter() - start
+
+  def metrics(self) -> dict[str, float]:
+    elapsed = time.perf_counter() - self.start
+    tokens_per_sec = self.tokens_per_step * self.steps / max(elapsed, 1e-9)
+    return {"perf/tokens_per_sec": tokens_per_sec, "perf/step_time": elapsed / max(self.steps, 1),
+            "perf/mfu": self.flops_per_token * tokens_per_sec / self.peak_flops,
+            "perf/data_wait_fraction": self.data_wait / max(elapsed, 1e-9)}
+
+
+def _mean_metrics(pending: list[tuple[int, dict[str, jax.Array]]]) -> tuple[dict[str, float], int | None]:
+  """Averages the steps' metrics fetched in one transfer; returns them and the first non-finite step.
+
+  `pending` holds (first step, metrics stacked one row a step) for each compiled call since the last fetch.
+  """
+  values = jax.device_get([metrics for _, metrics in pending])
+  bad = [first + int(np.argmin(np.isfinite(m["train/loss"]))) for (first, _), m in zip(pending, values)
+         if not np.isfinite(m["train/loss"]).all()]
+  mean = {k: float(np.mean(np.concatenate([m[k] for m in values]))) for k in values[0] if k != "train/tokens"}
+  mean["train/learning_rate"] = float(values[-1]["train/learning_rate"][-1])
+  return mean, (bad[0] if bad else None)
+
+
+class TrainLog:
+  """The train metrics of the calls since the last log, still on the devices until `flush` fetches them."""
+
+  def __init__(self, writer: MetricWriter, throughput: Throughput, bar: Any, workdir: str):
+    self.writer, self.throughput, self.bar, self.workdir = writer, throughput, bar, workdir
+    self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self.last: dict[str, float] = {}
+
+  def add(self, first_step: int, count: int, metrics: dict[str, jax.Array]) -> None:
+    """Keeps the stacked metrics of one call of `count` steps from `first_step` on, without fetching them."""
+    self.pending.append((first_step, metrics))
+    self.throughput.steps += count
+    if self.bar is not None:
+      self.bar.update(count)
+
+  def flush(self, step: int) -> None:
+    """Fetches the pending metrics (the only host sync of the loop), writes their means, stops on a NaN.
+
+    Raises:
+      NonFiniteLoss: a step's loss was NaN or infinite.
+    """
+    if not self.pending:
+      return
+    mean, bad_step = _mean_metrics(self.pending)
+    self.pending.clear()
+    if bad_step is not None:
+      raise NonFiniteLoss(f"the training loss became NaN or infinite at step {bad_step}; the last good checkpoint "
+                          f"is kept in {self.workdir}/checkpoints (try a lower optimizer.learning_rate or "
+                          f"optimizer.grad_clip)")
+    mean.update(self.throughput.metrics())
+    self.writer.write(step, mean)
+    self.last = mean
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{mean['train/loss']:.4f}", tok_s=f"{mean['perf/tokens_per_sec']:,.0f}",
+                           refresh=False)
+    self.throughput.restart()

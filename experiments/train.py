@@ -17,7 +17,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.host import keep_freed_memory, one_heap_pays
-from experiments.runner import ConfigError, NonFiniteLoss, WorkdirLocked, train_and_evaluate
+from experiments.metrics import NonFiniteLoss
+from experiments.runner import train_and_evaluate
+from experiments.validation import ConfigError
+from experiments.workdir import WorkdirLocked
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (with :arg for variants).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, metrics, config.")

@@ -15,6 +15,11 @@ from experiments.inspection import parsing
 from experiments.optimizer import NO_DECAY_KINDS, SCHEDULES
 from transformer import ModelConfig, TransformerLM, model_config_from
 
+
+class ConfigError(ValueError):
+  """The config is invalid; the message has one line per problem."""
+
+
 # Which config key sets the size of each logical parameter axis, for sharding messages.
 AXIS_KEYS = {"heads": "model.num_heads", "kv_heads": "model.num_kv_heads", "mlp": "model.mlp_dim",
              "vocab": "model.vocab_size", "embed": "model.d_model", "head_dim": "model.head_dim",

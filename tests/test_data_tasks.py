@@ -1,4 +1,4 @@
-"""Tests of experiments/data/tasks.py: token layouts, determinism, size checks, preparation."""
+"""Tests of experiments/data/task_streams.py and tasks.py: token layouts, determinism, size checks, preparation."""
 
 import errno
 import os
@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
-from experiments.data import tasks
+from experiments.data import task_streams, tasks
 
 TINY = dict(vocab_size=16, seq_len=16, num_train=12, num_validation=5)
 TINY_RECALL = dict(TINY, num_pairs=3, num_queries=2)
@@ -18,7 +18,7 @@ def _stream(f: dict[str, np.ndarray]) -> np.ndarray:
   return np.concatenate([f["inputs"][:, :1], f["targets"]], axis=1)
 
 
-def _check_features(f: dict[str, np.ndarray], config: tasks.TaskConfig, hides_answers: bool) -> None:
+def _check_features(f: dict[str, np.ndarray], config: task_streams.TaskConfig, hides_answers: bool) -> None:
   """Dtypes, shapes, vocabulary range, binary weights, and targets = inputs shifted by one.
 
   Where a task hides its answers, an input that is the previous position's answer is 0 instead.
@@ -35,7 +35,7 @@ def _check_features(f: dict[str, np.ndarray], config: tasks.TaskConfig, hides_an
   assert set(np.unique(f["weights"])) <= {0.0, 1.0}
 
 
-def _check_recall(f, c: tasks.RecallConfig) -> None:
+def _check_recall(f, c: task_streams.RecallConfig) -> None:
   """Weights mark exactly the distinct query keys of the query region; their targets are the values."""
   P, Q = c.num_pairs, c.num_queries
   num_keys = (c.vocab_size - 1) // 2
@@ -55,7 +55,7 @@ def _check_recall(f, c: tasks.RecallConfig) -> None:
     assert np.all(inputs[query_region & ~is_query] == 0)
 
 
-def _check_induction(f, c: tasks.TaskConfig) -> None:
+def _check_induction(f, c: task_streams.TaskConfig) -> None:
   """Second copy equals the first; weights mark the second copy after its first token."""
   longest = (c.seq_len + 1) // 2
   for stream, weights in zip(_stream(f), f["weights"]):
@@ -75,7 +75,7 @@ def test_induction_offsets_vary():
   assert len(set(np.count_nonzero(_stream(f), axis=1).tolist())) > 1
 
 
-def _check_copy(f, c: tasks.TaskConfig, reverse: bool) -> None:
+def _check_copy(f, c: task_streams.TaskConfig, reverse: bool) -> None:
   """Separator 0, then the sequence copied or reversed; weights mark exactly those answers."""
   half = c.seq_len // 2
   stream = _stream(f)

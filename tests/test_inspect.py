@@ -23,7 +23,8 @@ import pytest
 from experiments import checkpoint, inspect, validation
 from experiments.files import read_metrics
 from experiments.inspection import forward_pass, head_scores, html_page, plots
-from experiments.runner import ConfigError, train_and_evaluate
+from experiments.runner import train_and_evaluate
+from experiments.validation import ConfigError
 from tests.test_runner import tiny_config
 from transformer import ModelConfig, TransformerLM
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax import export
 
-from experiments import runner, sample, sharding, validation
+from experiments import build, sample, sharding, validation
 from tests.helpers.tiny_config import tiny_config
 from transformer import decoding
 
@@ -44,28 +44,31 @@ def test_steps_lower_for_accelerators_in_bfloat16_with_dropout(attention_impl, t
   config = tiny_config(tfds_data_dir, {
       "model.attention_impl": attention_impl, "model.dtype": "bfloat16", "model.dropout_rate": 0.1,
       "model.attention_dropout_rate": IMPLS[attention_impl], "train.steps_per_call": STEPS_PER_CALL})
-  trainer = runner.Trainer(validation.resolve(config), str(tmp_path))
-  batch = next(iter(trainer.new_train_iterator()))
+  config = validation.resolve(config)
+  data = build.load_data(config)
+  sharded = build.ShardedModel(config)
+  evaluation, training = build.Evaluation(config, sharded, data), build.Training(config, sharded, data)
+  batch = next(iter(training.new_iterator()))
   stacked = {name: jax.ShapeDtypeStruct((STEPS_PER_CALL, *np.shape(x)), np.asarray(x).dtype,
-                                        sharding=sharding.stacked_batch_sharding(trainer.mesh))
+                                        sharding=sharding.stacked_batch_sharding(sharded.mesh))
              for name, x in batch.items()}
 
-  train = _lower(trainer.train_steps, trainer.abstract_state, stacked)
+  train = _lower(training.train_steps, training.abstract_state, stacked)
   state, metrics = jax.tree.unflatten(train.out_tree, train.out_avals)
   # bfloat16 compute keeps float32 parameters, optimizer state and metrics.
   assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == \
-      jax.tree.map(lambda a: (a.shape, a.dtype), trainer.abstract_state)
+      jax.tree.map(lambda a: (a.shape, a.dtype), training.abstract_state)
   assert {(a.shape, a.dtype) for a in metrics.values()} == {((STEPS_PER_CALL,), np.dtype(np.float32))}
 
-  single = {name: jax.ShapeDtypeStruct(s.shape[1:], s.dtype, sharding=sharding.batch_sharding(trainer.mesh))
+  single = {name: jax.ShapeDtypeStruct(s.shape[1:], s.dtype, sharding=sharding.batch_sharding(sharded.mesh))
             for name, s in stacked.items()}
-  _lower(trainer.eval_step, trainer.abstract_state.params, single)
+  _lower(evaluation.eval_step, sharded.abstract_params, single)
 
-  cache = _abstract(decoding.init_cache(trainer.model, batch_size=1))
+  cache = _abstract(decoding.init_cache(sharded.model, batch_size=1))
   tokens_1L = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   start = jax.ShapeDtypeStruct((), jnp.int32)
-  decode = _lower(sample._cached_logits, trainer.model, trainer.abstract_state.params, cache, tokens_1L, start)
-  assert decode.out_avals[0].shape == (trainer.model.config.vocab_size,)
+  decode = _lower(sample._cached_logits, sharded.model, sharded.abstract_params, cache, tokens_1L, start)
+  assert decode.out_avals[0].shape == (sharded.model.config.vocab_size,)
 
 
 def test_a_host_callback_is_refused():

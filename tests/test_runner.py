@@ -15,9 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs import base
-from experiments import checkpoint, host, runner, validation
+from experiments import build, checkpoint, host, runner, validation
 from experiments.files import read_metrics
-from experiments.runner import ConfigError, NonFiniteLoss, WorkdirLocked, train_and_evaluate
+from experiments.metrics import NonFiniteLoss
+from experiments.runner import train_and_evaluate
+from experiments.validation import ConfigError
+from experiments.workdir import WorkdirLocked, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,9 +86,9 @@ def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path, log_every, steps_p
   straight_losses, resumed_losses = losses(str(tmp_path / "straight")), losses(str(tmp_path / "resumed"))
   assert sorted(straight_losses) == list(range(log_every, 2 * n + 1, log_every))
   assert straight_losses == resumed_losses
-  trainer = runner.Trainer(validation.resolve(straight), str(tmp_path / "straight"))
-  a, _ = checkpoint.restore_params(str(tmp_path / "straight"), trainer.abstract_state.params)
-  b, _ = checkpoint.restore_params(str(tmp_path / "resumed"), trainer.abstract_state.params)
+  sharded = build.ShardedModel(validation.resolve(straight))
+  a, _ = checkpoint.restore_params(str(tmp_path / "straight"), sharded.abstract_params)
+  b, _ = checkpoint.restore_params(str(tmp_path / "resumed"), sharded.abstract_params)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -99,8 +102,8 @@ def test_steps_per_call_changes_no_step(tfds_data_dir, tmp_path):
     c.model.dropout_rate = 0.1
     workdir = str(tmp_path / str(steps_per_call))
     train_and_evaluate(c, workdir)
-    trainer = runner.Trainer(validation.resolve(c), workdir)
-    runs[steps_per_call] = (losses(workdir), checkpoint.restore_params(workdir, trainer.abstract_state.params)[0])
+    sharded = build.ShardedModel(validation.resolve(c))
+    runs[steps_per_call] = (losses(workdir), checkpoint.restore_params(workdir, sharded.abstract_params)[0])
   np.testing.assert_allclose(runs[1][0][5], runs[5][0][5], rtol=1e-6)
   for x, y in zip(jax.tree.leaves(runs[1][1]), jax.tree.leaves(runs[5][1])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
@@ -127,8 +130,8 @@ def test_heap_guard_changes_no_step(tfds_data_dir, tmp_path, monkeypatch):
       monkeypatch.setattr(host, "estimated_step_temporaries", lambda config: 0)  # trim at any growth
     workdir = str(tmp_path / str(guarded))
     train_and_evaluate(c, workdir)
-    trainer = runner.Trainer(validation.resolve(c), workdir)
-    runs[guarded] = (losses(workdir), checkpoint.restore_params(workdir, trainer.abstract_state.params)[0])
+    sharded = build.ShardedModel(validation.resolve(c))
+    runs[guarded] = (losses(workdir), checkpoint.restore_params(workdir, sharded.abstract_params)[0])
   assert len(checks) == 2  # the first of three calls settles, the other two check
   assert runs[True][0] == runs[False][0]
   for x, y in zip(jax.tree.leaves(runs[True][1]), jax.tree.leaves(runs[False][1])):
@@ -232,7 +235,7 @@ def test_resume_refuses_a_different_model(tfds_data_dir, tmp_path):
 
 
 def test_workdir_lock_refuses_a_second_run(tfds_data_dir, tmp_path):
-  with runner.workdir_lock(str(tmp_path)):
+  with workdir_lock(str(tmp_path), jax.process_index()):
     with pytest.raises(WorkdirLocked, match="in use by a live run"):
       train_and_evaluate(tiny_config(tfds_data_dir, steps=2), str(tmp_path))
   train_and_evaluate(tiny_config(tfds_data_dir, steps=2), str(tmp_path))  # released: runs
@@ -246,9 +249,9 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_data_dir, 
     train_and_evaluate(config, str(tmp_path))
   manager = checkpoint.make_manager(str(tmp_path), read_only=True)
   assert manager.all_steps(), "the good checkpoints before the failure were kept"
-  trainer = runner.Trainer(validation.resolve(config), str(tmp_path))
+  sharded = build.ShardedModel(validation.resolve(config))
   for step in manager.all_steps():
-    params, _ = checkpoint.restore_params(str(tmp_path), trainer.abstract_state.params, step)
+    params, _ = checkpoint.restore_params(str(tmp_path), sharded.abstract_params, step)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params)), step
 
 

@@ -15,7 +15,8 @@ from configs import base, shakespeare_char
 from experiments import evaluate
 from experiments.data import text, tokenizers
 from experiments.files import read_metrics
-from experiments.runner import ConfigError, train_and_evaluate
+from experiments.runner import train_and_evaluate
+from experiments.validation import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare")

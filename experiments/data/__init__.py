@@ -1,1 +1,1 @@
-"""Built-in data of the experiment runner: synthetic attention tasks (`tasks`) and the grain input pipeline (`pipeline`)."""
+"""The data of a run: synthetic attention tasks, text corpora and their tokenizers, the grain input pipeline."""

@@ -13,7 +13,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # before tensorflow is import
 from absl import app, flags  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from experiments.data.tasks import lost_preparation_race  # noqa: E402
+from experiments.data.local_tfds import lost_preparation_race  # noqa: E402
 
 _NAME = flags.DEFINE_string("name", None, "Catalog dataset name, e.g. tiny_shakespeare or lm1b.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir to prepare into.", required=True)

@@ -59,7 +59,7 @@ class _BatchReader:
   def __call__(self, indices: Sequence[int]) -> Batch:
     indices = list(indices)[self._rows]
     keys = [int(i) for i in indices if i >= 0]
-    # TFDS sources read a list of records in one call, about a third faster than one by one.
+    # TFDS sources read a list of records in one call, faster than one by one (docs/performance.md).
     read_many = getattr(self._source, "__getitems__", None)
     examples = iter(read_many(keys) if read_many else [self._source[k] for k in keys])
     rows = [next(examples) if i >= 0 else self._padding for i in indices]
@@ -153,7 +153,7 @@ def eval_batches(
 ) -> grain.IterDataset:
   """Returns one ordered pass over this process's share of `split`, padded to full batches.
 
-  Process p reads examples p, p + P, p + 2P, ... (P = process_count). No example is dropped:
+  Process p reads examples p, p + n, p + 2n, ... (n = process_count). No example is dropped:
   the last batches are filled with all-zero examples (weights 0, so they count nowhere), and
   every process gets the same number of batches, enough for the largest share, so collective
   eval steps stay in lockstep.
@@ -169,7 +169,7 @@ def eval_batches(
 
   Returns:
     A re-iterable `grain.IterDataset`; each `iter()` is a new pass of
-    ceil(ceil(N / P) / B) dicts of [B, T] arrays, N the split size.
+    ceil(ceil(num_examples / process_count) / B) dicts of [B, T] arrays.
   """
   source = _source(data, split)
   _check(batch_size, process_index, process_count, len(source))

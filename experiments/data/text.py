@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from experiments.data import tokenizers
-from experiments.data.tasks import LocalDatasetInfo, lost_preparation_race
+from experiments.data.local_tfds import LocalDatasetInfo, lost_preparation_race
 
 TEXT_FILES = "text_files"  # data.dataset value of the user-text builder
 _CHUNK_CHARS = 1 << 20  # characters per stored example of text_files (cut at newlines)

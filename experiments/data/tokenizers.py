@@ -26,6 +26,8 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from experiments.files import CONFIG_FILE
+
 TOKENIZER_DIR = "tokenizer"  # under a workdir
 _SPEC_FILE = "tokenizer.json"
 _SENTENCEPIECE_FILE = "sentencepiece.model"
@@ -162,8 +164,8 @@ class SentencePieceTokenizer:
     """Trains on the lines of `texts` (deterministic for the same text and arguments).
 
     Identity normalization, no dummy prefix and kept whitespace make decode(encode(x)) == x;
-    byte fallback covers rare characters (0.05% of the text) and characters never seen; newline is a user-defined piece because
-    training reads the text a line at a time and would never see it.
+    byte fallback covers rare characters (0.05% of the text) and characters never seen; newline is a
+    user-defined piece because training reads the text a line at a time and would never see it.
     """
     import sentencepiece  # pylint: disable=g-import-not-at-top
 
@@ -322,7 +324,7 @@ def load_from_workdir(workdir: str) -> Tokenizer:
   directory = os.path.join(workdir, TOKENIZER_DIR)
   if os.path.exists(os.path.join(directory, _SPEC_FILE)):
     return load(directory)
-  config_path = os.path.join(workdir, "config.json")
+  config_path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} does not exist: is {workdir!r} the workdir of a training run?")
   with open(config_path, encoding="utf-8") as f:

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
-from experiments import checkpoint, runner, validation  # noqa: E402
+from experiments import build, checkpoint, runner, validation  # noqa: E402
 from experiments import train as train_cli  # noqa: E402  (defines the multi-host flags)
 from experiments.files import read_metrics  # noqa: E402
 from tests.helpers.tiny_config import tiny_config  # noqa: E402
@@ -33,8 +33,8 @@ LAYOUT_PATHS = ("block_0/attention/query", "block_0/mlp/up")
 
 def param_layouts(config, workdir: str) -> dict[str, dict]:
   """PartitionSpec, global shape and one device's shard shape of some parameters of the final checkpoint."""
-  trainer = runner.Trainer(validation.resolve(config), workdir)
-  params, _ = checkpoint.restore_params(workdir, trainer.abstract_state.params)
+  sharded = build.ShardedModel(validation.resolve(config))
+  params, _ = checkpoint.restore_params(workdir, sharded.abstract_params)
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): x
           for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
   return {p: {"spec": str(flat[p].sharding.spec), "shape": list(flat[p].shape),

@@ -1,0 +1,73 @@
+"""A run's directory: the lock that keeps one live run in it, the check before resuming it, where data live.
+
+Light on purpose (no JAX): the caller passes its process index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+
+from ml_collections import ConfigDict
+
+from experiments.files import CONFIG_FILE, exclusive_lock
+
+
+class WorkdirLocked(RuntimeError):
+  """Another live process trains in this workdir."""
+
+
+def data_dir(config: ConfigDict) -> str:
+  """Where the run's data are prepared: data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return config.data.data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, process_index: int) -> Iterator[None]:
+  """Holds an exclusive lock on workdir for the life of the run; the OS releases it if the process dies.
+
+  Args:
+    workdir: the run's directory (it exists).
+    process_index: this process of the job (`jax.process_index()`): each process holds a lock of its own.
+
+  Raises:
+    WorkdirLocked: another live process holds the lock.
+  """
+  path = os.path.join(workdir, f".lock.process_{process_index}")
+  with exclusive_lock(path, wait=False) as handle:
+    if handle is None:
+      with open(path, encoding="utf-8") as f:
+        owner = f.read().strip() or "another process"
+      raise WorkdirLocked(f"workdir {workdir} is in use by a live run ({owner}); wait for it or use another "
+                          f"--workdir")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    yield
+
+
+def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
+  """Why a workdir whose saved model or data differ from this config's cannot resume; None when it can.
+
+  Returns:
+    One line naming the first key that differs (the caller raises it as a ConfigError), or None when the
+    workdir has no saved config or its model and data sections match.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  for section in ("model", "data"):
+    old, new = saved.get(section, {}), config[section].to_dict()
+    # Where the data live is not what they are: a moved data_dir or manual_dir resumes.
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and k not in ("data_dir", "manual_dir"))
+    if changed:
+      key = changed[0]
+      return (f"{section}.{key}={new.get(key)!r} differs from {old.get(key)!r} saved in {path}: "
+              f"use a new --workdir, or the saved value to resume")
+  return None
