@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transformer import kernels
-from transformer.attention import MultiHeadAttention, dense
+from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
 from transformer.model import TransformerLM
+from transformer.ops import dense
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
 
@@ -503,7 +504,8 @@ def test_dense_and_its_gradients_equal_the_einsum_in_float64(lead, inputs, outpu
   d_y = rng.normal(size=(*lead, *outputs))
   letters = "abcdefgh"
   lead_s, in_s, out_s = letters[:len(lead)], letters[2:2 + len(inputs)], letters[4:4 + len(outputs)]
-  y, vjp = jax.vjp(lambda a, b: dense(a, b, contracted=len(inputs)), jnp.asarray(x, jnp.float32),
+  spec = f"{lead_s}{in_s},{in_s}{out_s}->{lead_s}{out_s}"
+  y, vjp = jax.vjp(lambda a, b: dense(a, b, spec), jnp.asarray(x, jnp.float32),
                    jnp.asarray(kernel, jnp.float32))
   d_x, d_kernel = vjp(jnp.asarray(d_y, jnp.float32))
   np.testing.assert_allclose(y, np.einsum(f"{lead_s}{in_s},{in_s}{out_s}->{lead_s}{out_s}", x, kernel), rtol=1e-5,
@@ -516,4 +518,11 @@ def test_dense_and_its_gradients_equal_the_einsum_in_float64(lead, inputs, outpu
 
 def test_dense_rejects_a_kernel_of_other_inputs():
   with pytest.raises(ValueError, match="does not start with the contracted axes"):
-    dense(jnp.zeros((2, 3)), jnp.zeros((4, 5)))
+    dense(jnp.zeros((2, 3)), jnp.zeros((4, 5)), "LD,DF->LF")
+
+
+@pytest.mark.parametrize("spec", ["LD,DF->FL", "LD,FD->LF", "LD,DF->LD", "BLD,DF->BLF", "LD,DL->LL", "L1,1F->LF"])
+def test_dense_rejects_an_einsum_it_does_not_compute(spec):
+  """dense() computes only einsums that keep x's leading axes and contract its trailing ones, at the given ranks."""
+  with pytest.raises(ValueError, match="dense: "):
+    dense(jnp.zeros((2, 3)), jnp.zeros((3, 5)), spec)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transformer import kernels
+from transformer import kernels, ops
 from transformer.masks import MaskSpec
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
@@ -44,7 +44,7 @@ def random_segments(seed, batch, length, keys):
 
 @functools.partial(jax.jit, static_argnames=("spec", "scale"))
 def reference(q, k, v, q_pos, k_pos, q_seg, k_seg, *, spec, scale):
-  return kernels.reference_attention(q, k, v, spec(q_pos, k_pos, q_seg, k_seg), scale=scale)
+  return kernels.reference_attention(q, k, v, spec, q_pos, k_pos, q_seg, k_seg, scale=scale)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "scale", "chunk_size", "dropout_rate"))
@@ -199,7 +199,7 @@ def test_chunked_gradient_without_dropout_equals_reference_gradient(spec):
   @jax.jit
   def grads(q, k, v):
     chunked_fn = lambda q, k, v: kernels.chunked_attention(q, k, v, spec, q_pos, k_pos, scale=0.7, chunk_size=2)
-    reference_fn = lambda q, k, v: kernels.reference_attention(q, k, v, spec(q_pos, k_pos), scale=0.7)[0]
+    reference_fn = lambda q, k, v: kernels.reference_attention(q, k, v, spec, q_pos, k_pos, scale=0.7)[0]
     return jax.vjp(chunked_fn, q, k, v)[1](cotangent), jax.vjp(reference_fn, q, k, v)[1](cotangent)
 
   got, expected = grads(q, k, v)
@@ -227,7 +227,6 @@ def test_query_tiles_equal_one_tile(kernel, spec, heads_kv, length_tiles, packed
   q_seg, k_seg = random_segments(seed, 2, length, length) if packed else (None, None)
   if packed:  # positions restart in every segment, as the packed data has them
     q_pos = k_pos = jnp.asarray([[i - list(row).index(s) for i, s in enumerate(row)] for row in np.asarray(k_seg)])
-  allowed = spec(q_pos, k_pos, q_seg, k_seg)
   cotangent = jnp.asarray(np.random.RandomState(seed + 1).randn(2, length, heads, 3), jnp.float32)
 
   @functools.partial(jax.jit, static_argnames="query_tiles")
@@ -236,7 +235,8 @@ def test_query_tiles_equal_one_tile(kernel, spec, heads_kv, length_tiles, packed
       fn = lambda q, k, v: (kernels.chunked_attention(q, k, v, spec, q_pos, k_pos, q_seg, k_seg, scale=0.6,
                                                       chunk_size=2, query_tiles=query_tiles), jnp.zeros(()))
     else:
-      fn = lambda q, k, v: kernels.reference_attention(q, k, v, allowed, scale=0.6, query_tiles=query_tiles)
+      fn = lambda q, k, v: kernels.reference_attention(q, k, v, spec, q_pos, k_pos, q_seg, k_seg, scale=0.6,
+                                                   query_tiles=query_tiles)
     (mixed, weights), vjp = jax.vjp(fn, q, k, v)
     return mixed, weights, vjp((cotangent, jnp.zeros_like(weights)))
 
@@ -263,7 +263,7 @@ def test_query_tiles_need_self_attention():
   q_pos, k_pos = positions_for(1, 2, 5)
   spec = MaskSpec("causal")
   with pytest.raises(ValueError, match="query_tiles=2 needs self-attention"):
-    kernels.reference_attention(q, k, v, spec(q_pos, k_pos), scale=1.0, query_tiles=2)
+    kernels.reference_attention(q, k, v, spec, q_pos, k_pos, scale=1.0, query_tiles=2)
   with pytest.raises(ValueError, match="query_tiles=2 needs self-attention"):
     kernels.chunked_attention(q, k, v, spec, q_pos, k_pos, scale=1.0, query_tiles=2)
 
@@ -274,15 +274,17 @@ def test_query_tiles_need_self_attention():
 
 def test_reference_fully_masked_row_gives_zeros():
   q, k, v = random_qkv(13, 2, 4, 4, 2, 1)
-  allowed = np.tril(np.ones((4, 4), bool))[None].repeat(2, axis=0)
-  allowed[0, 2] = False  # query 2 of the first row sees nothing
-  allowed[1] = False  # nor does any query of the second row
-  allowed = jnp.asarray(allowed)
+  q_pos, k_pos = positions_for(2, 4, 4)
+  # Causal, and query segment 9 appears among no keys: query 2 of the first row sees nothing, nor does any
+  # query of the second row.
+  spec = MaskSpec("causal")
+  q_seg = jnp.array([[0, 0, 9, 0], [9, 9, 9, 9]])
+  k_seg = jnp.zeros((2, 4), jnp.int32)
 
   @jax.jit
   def run(q, k, v):
     def mixed_and_weights(q, k, v):
-      return kernels.reference_attention(q, k, v, allowed, scale=0.5)
+      return kernels.reference_attention(q, k, v, spec, q_pos, k_pos, q_seg, k_seg, scale=0.5)
 
     (mixed, weights), vjp = jax.vjp(mixed_and_weights, q, k, v)
     return mixed, weights, vjp((2 * mixed, jnp.ones_like(weights)))
@@ -353,7 +355,7 @@ def test_attention_dropout_zeroes_weights_and_rescales_the_rest(kernel):
   if kernel.startswith("reference"):
     tiles = 3 if kernel == "reference_tiled" else 1
     mixed = jax.jit(lambda rng: kernels.reference_attention(
-        q, k, v, spec(q_pos, k_pos), scale=0.5, dropout_rate=rate, dropout_rng=rng, query_tiles=tiles)[0])(rng)
+        q, k, v, spec, q_pos, k_pos, scale=0.5, dropout_rate=rate, dropout_rng=rng, query_tiles=tiles)[0])(rng)
   else:
     tiles = 3 if kernel == "chunked_tiled" else 1
     mixed = jax.jit(lambda rng: kernels.chunked_attention(q, k, v, spec, q_pos, k_pos, scale=0.5, chunk_size=3,
@@ -412,7 +414,7 @@ def test_chunked_backward_in_bfloat16_stays_close():
   @jax.jit
   def grads(q, k, v):
     chunked_fn = lambda q, k, v: kernels.chunked_attention(q, k, v, spec, q_pos, k_pos, scale=0.5, chunk_size=4)
-    reference_fn = lambda q, k, v: kernels.reference_attention(q, k, v, spec(q_pos, k_pos), scale=0.5)[0]
+    reference_fn = lambda q, k, v: kernels.reference_attention(q, k, v, spec, q_pos, k_pos, scale=0.5)[0]
     low = jax.vjp(chunked_fn, q, k, v)[1](cotangent.astype(jnp.bfloat16))
     return low, jax.vjp(reference_fn, q32, k32, v32)[1](cotangent)
 
@@ -430,7 +432,7 @@ def test_chunked_backward_in_bfloat16_stays_close():
 @pytest.mark.parametrize("flat_index_limit", [2**32, 2**11])
 def test_dropout_scale_drops_at_the_rate_independently_and_follows_the_key(flat_index_limit):
   rate, shape = 0.2, (64, 32, 48)
-  draw = jax.jit(functools.partial(kernels.dropout_scale, flat_index_limit=flat_index_limit), static_argnums=(1, 2))
+  draw = jax.jit(functools.partial(ops.dropout_scale, flat_index_limit=flat_index_limit), static_argnums=(1, 2))
   scale = np.asarray(draw(jax.random.key(3), rate, shape))
   dropped = scale == 0.0
   tolerance = 5 * np.sqrt(rate * (1 - rate) / dropped.size)  # five binomial standard deviations
@@ -451,8 +453,8 @@ def test_dropout_scale_drops_at_the_rate_independently_and_follows_the_key(flat_
 @pytest.mark.parametrize("shape, flat_index_limit", [((3, 5, 8, 16), 2**32), ((3, 5, 8, 16), 128),
                                                      ((3, 5, 8, 16), 16), ((7,), 7)])
 def test_element_counters_tell_every_element_apart(shape, flat_index_limit):
-  counters = [np.asarray(c).ravel() for c in kernels.element_counters(shape, flat_index_limit)]
+  counters = [np.asarray(c).ravel() for c in ops.element_counters(shape, flat_index_limit)]
   assert all(c.dtype == np.uint32 and c.max() < flat_index_limit for c in counters)
   assert len(set(zip(*counters))) == int(np.prod(shape))
   with pytest.raises(ValueError, match="axis of more than 4"):
-    kernels.element_counters((3, 5), flat_index_limit=4)
+    ops.element_counters((3, 5), flat_index_limit=4)

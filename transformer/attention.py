@@ -8,96 +8,26 @@ which is the same as concatenating them and applying an output projection.
 
 Letter key (the same in every file): B batch, L query length, M key length, D model width,
 H query heads, G key/value heads, K query/key head width, R value width (rank), F MLP hidden width,
-V vocabulary, N layers. Einsum strings use these letters, so names and contractions check each other.
+V vocabulary, N layers; Q = H / G query heads per key/value head, C keys per block and J key blocks of the
+chunked kernel, S the three stacked projections (query, key, value), A the frequencies of a position
+encoding (one per pair of features). Einsum strings use these letters, so names and contractions check
+each other.
 """
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 from transformer import kernels
 from transformer.config import ModelConfig
 from transformer.masks import MaskSpec
+from transformer.ops import dense, dense_init, unstack_axis_2, zeros_init
 from transformer.positions import apply_rope
 
 # Logical axis names of every parameter: the runner's rules map them onto a device mesh.
 EMBED, HEADS, KV_HEADS, HEAD_DIM, VALUE_RANK = "embed", "heads", "kv_heads", "head_dim", "value_rank"
-# The name of dense()'s outputs for rematerialization policies (a custom-VJP matmul is not a dot to them).
-DENSE_OUTPUT = "dense_output"
-
-
-def dense_init(std: float, names: tuple[str | None, ...]):
-  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
-
-
-def zeros_init(names: tuple[str | None, ...]):
-  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
-
-
-def dense(x: jax.Array, kernel: jax.Array, contracted: int = 1) -> jax.Array:
-  """Contracts the last `contracted` axes of x with the first ones of kernel, as one matmul of 2-D x.
-
-  The same as the einsum "...ab,abc->...c". Written with x's leading and contracted axes each merged
-  into one, so that the matmuls of the backward pass read their operands in place: from einsums over
-  3-D and 4-D operands XLA's CPU backend materialized transposed copies of activations and gradients,
-  about half the CPU step time (see docs/performance.md). Merging keeps the sharding of the merged
-  axes (the first of each is the major one); the kernel's output axes stay as they are.
-  """
-  inputs = x.shape[x.ndim - contracted:]
-  if kernel.shape[:contracted] != inputs:
-    raise ValueError(f"dense: kernel {kernel.shape} does not start with the contracted axes {inputs} of x")
-  size = math.prod(inputs)
-  y = checkpoint_name(_matmul(x.reshape(-1, size), kernel.reshape(size, *kernel.shape[contracted:])), DENSE_OUTPUT)
-  return y.reshape(*x.shape[:x.ndim - contracted], *kernel.shape[contracted:])
-
-
-@jax.custom_vjp
-def _matmul(x_NI: jax.Array, kernel_IO: jax.Array) -> jax.Array:
-  """x_NI [N, I] times kernel_IO [I, *O]: [N, *O]. Its VJP gives the input gradient an untransposed kernel."""
-  return jax.lax.dot_general(x_NI, kernel_IO, (((1,), (0,)), ((), ())))
-
-
-def _matmul_forward(x_NI, kernel_IO):
-  return _matmul(x_NI, kernel_IO), (x_NI, kernel_IO)
-
-
-def _matmul_backward(residuals, d_y_NO):
-  x_NI, kernel_IO = residuals
-  outputs = tuple(range(1, kernel_IO.ndim))
-  # The gradient of x is d_y times the kernel transposed. Written as autodiff writes it, a matmul whose
-  # right operand is read transposed, XLA's CPU matmuls ran it at about half the speed of the forward
-  # one (the small Shakespeare model's MLP, in the step). So the transposed kernel (small: parameters,
-  # not activations) is made an array of its own; the barrier stops XLA from folding the transpose back.
-  kernel_OI = jax.lax.optimization_barrier(jnp.moveaxis(kernel_IO, 0, -1))
-  d_x_NI = jax.lax.dot_general(d_y_NO, kernel_OI, ((outputs, tuple(range(len(outputs)))), ((), ())))
-  d_kernel_IO = jax.lax.dot_general(x_NI, d_y_NO, (((0,), (0,)), ((), ())))
-  return d_x_NI.astype(x_NI.dtype), d_kernel_IO.astype(kernel_IO.dtype)
-
-
-_matmul.defvjp(_matmul_forward, _matmul_backward)
-
-
-@jax.custom_vjp
-def _unstack_axis_2(x):
-  """The slices x[:, :, i], whose gradient is one stack of their cotangents. Autodiff's own (a padded
-  copy per slice, then their sum) cost about 5% of the small CPU model's step."""
-  return tuple(x[:, :, i] for i in range(x.shape[2]))
-
-
-def _unstack_axis_2_forward(x):
-  return _unstack_axis_2(x), None
-
-
-def _unstack_axis_2_backward(_, cotangents):
-  return (jnp.stack(cotangents, axis=2),)
-
-
-_unstack_axis_2.defvjp(_unstack_axis_2_forward, _unstack_axis_2_backward)
 
 
 class MultiHeadAttention(nn.Module):
@@ -112,17 +42,6 @@ class MultiHeadAttention(nn.Module):
   """
 
   config: ModelConfig
-
-  def _param(self, name, shape, names, std=None):
-    init = zeros_init(names) if std is None else dense_init(std, names)
-    return self.param(name, init, shape, jnp.float32)
-
-  def _kernel(self, name, shape, names, bias_names, std):
-    """The [D, heads, width] kernel `name` in the compute dtype, and its bias (None without biases)."""
-    c = self.config
-    kernel = self._param(name, shape, names, std).astype(c.dtype)
-    bias = self._param(f"{name}_bias", shape[1:], bias_names).astype(c.dtype) if c.use_bias else None
-    return kernel, bias
 
   @nn.compact
   def __call__(
@@ -143,68 +62,99 @@ class MultiHeadAttention(nn.Module):
       decode: attend to (and extend) the key/value cache instead of to x alone.
     """
     c = self.config
-    d, h, g, k, r = c.d_model, c.num_heads, c.kv_heads, c.key_dim, c.value_dim
-    x_BLD = x_BLD.astype(c.dtype)
-    # GPT-2 scales the init of the maps that write into the residual stream by 1/sqrt(2N).
-    residual_std = c.init_std / (2 * c.num_layers) ** 0.5
-    value_name, value_std = ("value", residual_std) if c.value_mode == "full" else ("value_down", c.init_std)
-    projections = (self._kernel("query", (d, h, k), (EMBED, HEADS, HEAD_DIM), (HEADS, HEAD_DIM), c.init_std),
-               self._kernel("key", (d, g, k), (EMBED, KV_HEADS, HEAD_DIM), (KV_HEADS, HEAD_DIM), c.init_std),
-               self._kernel(value_name, (d, g, r), (EMBED, KV_HEADS, VALUE_RANK), (KV_HEADS, VALUE_RANK), value_std))
-    if h == g and k == r:
-      # One matmul for the three projections when their kernels have one shape: a wider matmul uses
-      # the CPU better than three narrow ones, and the backward pass has fewer ops.
-      qkv_BL3HK = dense(x_BLD, jnp.stack([w for w, _ in projections], axis=1))
-      q_BLHK, k_BLGK, v_BLGR = _unstack_axis_2(qkv_BL3HK)
-    else:
-      q_BLHK, k_BLGK, v_BLGR = (dense(x_BLD, w) for w, _ in projections)
-    if c.use_bias:
-      # Leading axes written out: the tests run with jax_numpy_rank_promotion="raise".
-      q_BLHK, k_BLGK, v_BLGR = (y + b[None, None] for y, (_, b) in zip((q_BLHK, k_BLGK, v_BLGR), projections))
+    # Queries, keys and values (value-down). Self-attention: the keys are of the same tokens as the queries,
+    # so M = L, until decoding replaces them by the whole cache.
+    q_BLHK, k_BMGK, v_BMGR = self._queries_keys_values(x_BLD.astype(c.dtype))
+    k_positions_BM, k_segment_ids_BM = positions_BL, segment_ids_BL
     if c.positions == "rope":
       q_BLHK = apply_rope(q_BLHK, positions_BL, c.rope_base)
-      k_BLGK = apply_rope(k_BLGK, positions_BL, c.rope_base)
-
+      k_BMGK = apply_rope(k_BMGK, k_positions_BM, c.rope_base)
     spec = MaskSpec.from_config(c)
-    k_positions_BM, k_segment_ids_BM = positions_BL, segment_ids_BL
     contiguous = segment_ids_BL is None
     if decode:
-      k_BLGK, v_BLGR, k_positions_BM = self._extend_cache(k_BLGK, v_BLGR, segment_ids_BL)
+      k_BMGK, v_BMGR, k_positions_BM = self._extend_cache(k_BMGK, v_BMGR, segment_ids_BL)
       contiguous = False
 
+    # Scores, mask, float32 softmax and the mix of values: one of the kernels (kernels.py).
     rate = c.attention_dropout_rate
     dropout_rng = self.make_rng("dropout") if not deterministic and rate > 0.0 else None
     # Decoding attends to the cache (more keys than queries): one tile.
     query_tiles = 1 if decode else kernels.query_tiles_for(spec.kind, q_BLHK.shape[1])
+    inputs = (q_BLHK, k_BMGK, v_BMGR, spec, positions_BL, k_positions_BM, segment_ids_BL, k_segment_ids_BM)
+    options = dict(scale=c.scale, chunk_size=c.chunk_size, dropout_rate=rate, dropout_rng=dropout_rng,
+                   query_tiles=query_tiles, contiguous=contiguous)
     if c.attention_impl == "reference" or decode:
-      allowed_BLM = spec(positions_BL, k_positions_BM, segment_ids_BL, k_segment_ids_BM)
-      mixed_BLHR, weights_BHLM = kernels.reference_attention(
-          q_BLHK, k_BLGK, v_BLGR, allowed_BLM, scale=c.scale, dropout_rate=rate, dropout_rng=dropout_rng,
-          query_tiles=query_tiles)
+      mixed_BLHR, weights_BHLM = kernels.reference_attention(*inputs, **options)
       if self.is_mutable_collection("intermediates"):
         self.sow("intermediates", "attention_weights", weights_BHLM)
     else:
       core = kernels.chunked_attention if c.attention_impl == "chunked" else kernels.auto_attention
-      extra = {"contiguous": contiguous} if c.attention_impl == "auto" else {"query_tiles": query_tiles}
-      mixed_BLHR = core(q_BLHK, k_BLGK, v_BLGR, spec, positions_BL, k_positions_BM, segment_ids_BL,
-                        k_segment_ids_BM, scale=c.scale, chunk_size=c.chunk_size, dropout_rate=rate,
-                        dropout_rng=dropout_rng, **extra)
+      mixed_BLHR = core(*inputs, **options)
 
+    # Value-up, and the heads summed.
+    return self._value_up(mixed_BLHR)
+
+  def _param(self, name, shape, names, std=None):
+    init = zeros_init(names) if std is None else dense_init(std, names)
+    return self.param(name, init, shape, jnp.float32)
+
+  def _kernel(self, name, shape, names, bias_names, std):
+    """The [D, heads, width] kernel `name` in the compute dtype, and its bias (None without biases)."""
+    c = self.config
+    kernel = self._param(name, shape, names, std).astype(c.dtype)
+    bias = self._param(f"{name}_bias", shape[1:], bias_names).astype(c.dtype) if c.use_bias else None
+    return kernel, bias
+
+  def _residual_std(self) -> float:
+    # GPT-2 scales the init of the maps that write into the residual stream by 1/sqrt(2N).
+    return self.config.init_std / (2 * self.config.num_layers) ** 0.5
+
+  def _queries_keys_values(self, x_BLD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(q_BLHK, k_BMGK, v_BMGR) of the tokens x_BLD: queries, keys, and values (value-down, or full)."""
+    c = self.config
+    d, h, g, k, r = c.d_model, c.num_heads, c.kv_heads, c.key_dim, c.value_dim
+    value_name, value_std = ("value", self._residual_std()) if c.value_mode == "full" else ("value_down", c.init_std)
+    query, query_bias = self._kernel("query", (d, h, k), (EMBED, HEADS, HEAD_DIM), (HEADS, HEAD_DIM), c.init_std)
+    key, key_bias = self._kernel("key", (d, g, k), (EMBED, KV_HEADS, HEAD_DIM), (KV_HEADS, HEAD_DIM), c.init_std)
+    value, value_bias = self._kernel(value_name, (d, g, r), (EMBED, KV_HEADS, VALUE_RANK), (KV_HEADS, VALUE_RANK),
+                                     value_std)
+    x_BMD = x_BLD  # the keys' tokens
+    if h == g and k == r:
+      # One matmul for the three projections when their kernels have one shape: a wider matmul uses
+      # the CPU better than three narrow ones, and the backward pass has fewer ops (see docs/performance.md).
+      qkv_BLSHK = dense(x_BLD, jnp.stack([query, key, value], axis=1), "BLD,DSHK->BLSHK")
+      q_BLHK, k_BMGK, v_BMGR = unstack_axis_2(qkv_BLSHK)
+    else:
+      q_BLHK = dense(x_BLD, query, "BLD,DHK->BLHK")
+      k_BMGK = dense(x_BMD, key, "BMD,DGK->BMGK")
+      v_BMGR = dense(x_BMD, value, "BMD,DGR->BMGR")
+    if c.use_bias:
+      # Leading axes written out: the tests run with jax_numpy_rank_promotion="raise".
+      q_BLHK = q_BLHK + query_bias[None, None]
+      k_BMGK = k_BMGK + key_bias[None, None]
+      v_BMGR = v_BMGR + value_bias[None, None]
+    return q_BLHK, k_BMGK, v_BMGR
+
+  def _value_up(self, mixed_BLHR: jax.Array) -> jax.Array:
+    """update_BLD: each head's mixed values mapped back to D (value-up) and summed over the heads."""
+    c = self.config
     if c.value_mode == "full":
       # Full values are already D wide: the heads' outputs are summed as they are.
-      update_BLD = mixed_BLHR.sum(axis=2)
-    else:
-      value_up = self._param("value_up", (h, r, d), (HEADS, VALUE_RANK, EMBED), residual_std).astype(c.dtype)
-      update_BLD = dense(mixed_BLHR, value_up, contracted=2)  # BLHR,HRD->BLD
-      if c.use_bias:
-        update_BLD = update_BLD + self._param("value_up_bias", (d,), (EMBED,)).astype(c.dtype)[None, None]
+      return mixed_BLHR.sum(axis=2)
+    value_up = self._param("value_up", (c.num_heads, c.value_dim, c.d_model), (HEADS, VALUE_RANK, EMBED),
+                           self._residual_std()).astype(c.dtype)
+    update_BLD = dense(mixed_BLHR, value_up, "BLHR,HRD->BLD")
+    if c.use_bias:
+      update_BLD = update_BLD + self._param("value_up_bias", (c.d_model,), (EMBED,)).astype(c.dtype)[None, None]
     return update_BLD
 
   def _extend_cache(self, k_BLGK, v_BLGR, segment_ids_BL):
-    """Writes this call's keys and values at the cache index; returns the whole cache and key positions.
+    """Writes this call's keys and values at the cache index; returns the whole cache and its key positions.
 
-    The cache is as long as the sequence the cache was initialized with (see decoding.init_cache).
-    Slots not yet written lie in the future of every query, so the causal masks exclude them.
+    Returns:
+      (k_BMGK, v_BMGR, k_positions_BM), M the cache's length: as long as the sequence the cache was
+      initialized with (see decoding.init_cache). Slots not yet written lie in the future of every query,
+      so every mask that decoding allows (masks.MaskKind.decodable) excludes them.
     """
     if not self.config.is_causal:
       raise ValueError(f"decoding needs a mask under which no token sees a later one; mask is "

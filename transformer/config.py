@@ -12,10 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-MASKS = ("causal", "none", "sliding_window", "prefix")
-# Masks that decoding supports: no token after the prefix sees a later one, so decoding token by token is
-# exact once the prefill covers the prefix (prefix_length tokens for mask "prefix").
-CAUSAL_MASKS = ("causal", "sliding_window", "prefix")
+from transformer.masks import MASK_KINDS
+
 VALUE_MODES = ("factored", "full")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ATTENTION_IMPLS = ("reference", "chunked", "auto")
@@ -37,7 +35,7 @@ class ModelConfig:
   value_mode: str = "factored"  # "factored": value_down D->R, value_up R->D; "full": one D x D per head
   value_rank: int | None = None  # R for value_mode "factored" (None: K)
   mlp_dim: int | None = None  # F (None: 4 D)
-  mask: str = "causal"  # one of MASKS
+  mask: str = "causal"  # one of masks.MASK_KINDS
   window: int = 0  # sliding_window: a query sees itself and the window - 1 tokens before it
   prefix_length: int = 0  # prefix: tokens [0, P) see each other both ways, later ones are causal
   score_scale: float | str = "rsqrt"  # "rsqrt": 1/sqrt(K); "none": 1; or a number
@@ -92,8 +90,8 @@ class ModelConfig:
 
   @property
   def is_causal(self) -> bool:
-    """Whether no token sees a later one, as decoding needs."""
-    return self.mask in CAUSAL_MASKS
+    """Whether no token after the prefill sees a later one, as decoding needs (see masks.MaskKind)."""
+    return MASK_KINDS[self.mask].decodable
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -108,6 +106,13 @@ def _positive_int(config: ModelConfig, field: str, optional: bool = False) -> No
     _fail(field, value, "expected a positive integer" + (" or None" if optional else ""))
 
 
+def _unused_unless_the_mask_needs(field: str, config: ModelConfig) -> None:
+  """A mask size must be 0 under the kinds that do not read it (see masks.MaskKind.size)."""
+  if MASK_KINDS[config.mask].size != field and getattr(config, field):
+    users = " or ".join(f'"{name}"' for name, kind in MASK_KINDS.items() if kind.size == field)
+    _fail(field, getattr(config, field), f'only mask={users} uses it (mask is "{config.mask}"); set 0')
+
+
 def _validate(config: ModelConfig) -> None:
   for field in ("vocab_size", "max_len", "num_layers", "d_model", "num_heads", "chunk_size"):
     _positive_int(config, field)
@@ -119,21 +124,21 @@ def _validate(config: ModelConfig) -> None:
   if config.num_heads % config.kv_heads:
     _fail("num_kv_heads", config.num_kv_heads,
           f"must divide num_heads={config.num_heads} (1 = multi-query, num_heads = multi-head)")
-  for field, allowed in (("mask", MASKS), ("value_mode", VALUE_MODES), ("positions", POSITIONS),
+  for field, allowed in (("mask", tuple(MASK_KINDS)), ("value_mode", VALUE_MODES), ("positions", POSITIONS),
                          ("attention_impl", ATTENTION_IMPLS), ("dtype", DTYPES),
                          ("remat_policy", REMAT_POLICIES)):
     if getattr(config, field) not in allowed:
       _fail(field, getattr(config, field), f"expected one of {', '.join(allowed)}")
   if config.value_mode == "full" and config.value_rank is not None:
     _fail("value_rank", config.value_rank, 'only value_mode="factored" has a rank; set it to None')
-  if config.mask == "sliding_window" and not 1 <= config.window:
-    _fail("window", config.window, 'mask="sliding_window" needs a window of at least 1 token')
-  if config.mask != "sliding_window" and config.window:
-    _fail("window", config.window, f'only mask="sliding_window" uses it (mask is "{config.mask}"); set 0')
-  if config.mask == "prefix" and not 0 < config.prefix_length <= config.max_len:
-    _fail("prefix_length", config.prefix_length, f"mask=\"prefix\" needs 1 <= prefix_length <= max_len={config.max_len}")
-  if config.mask != "prefix" and config.prefix_length:
-    _fail("prefix_length", config.prefix_length, f'only mask="prefix" uses it (mask is "{config.mask}"); set 0')
+  size = MASK_KINDS[config.mask].size
+  if size == "window" and not 1 <= config.window:
+    _fail("window", config.window, f'mask="{config.mask}" needs a window of at least 1 token')
+  _unused_unless_the_mask_needs("window", config)
+  if size == "prefix_length" and not 0 < config.prefix_length <= config.max_len:
+    _fail("prefix_length", config.prefix_length,
+          f'mask="{config.mask}" needs 1 <= prefix_length <= max_len={config.max_len}')
+  _unused_unless_the_mask_needs("prefix_length", config)
   if config.score_scale not in ("rsqrt", "none"):
     try:
       scale = float(config.score_scale)

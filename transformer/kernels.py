@@ -1,6 +1,7 @@
 """Attention cores: from projected queries, keys and values to each head's mixed values.
 
-Three implementations of the same function, chosen by `ModelConfig.attention_impl`:
+Three implementations of the same function, chosen by `ModelConfig.attention_impl`, with one signature
+(each uses the arguments it needs; the mask comes as a MaskSpec and the positions it is built from):
 - `reference_attention`: plain einsums; materializes the B x H x L x M pattern (and returns it).
 - `chunked_attention`: online softmax over blocks of keys, with a hand-written backward pass that
   recomputes each block, so memory grows linearly in the sequence length in training too.
@@ -8,7 +9,8 @@ Three implementations of the same function, chosen by `ModelConfig.attention_imp
   variant allows it; otherwise the chunked kernel, with a one-time log line saying why.
 
 Letter key: B batch, L queries, M keys, H query heads, G key/value heads, Q = H / G query heads per
-key/value head, K query/key width, R value width, C key block. Head h belongs to group h // Q.
+key/value head, K query/key width, R value width, C keys per block of the chunked kernel, J key blocks
+(M / C, rounded up; the j of FlashAttention's loop over key blocks). Head h belongs to group h // Q.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from transformer.masks import MaskSpec
+from transformer.masks import MASK_KINDS, MaskSpec
+from transformer.ops import dropout_scale
 
 # Added to masked scores before the softmax. Finite, so a row with every key masked gives no NaN
 # (its weights are then zeroed explicitly); far enough below any real score that exp() is exactly 0.
@@ -39,64 +42,8 @@ def _scores(q_BLGQK: jax.Array, k_BMGK: jax.Array, scale: float) -> jax.Array:
   return scores * scale
 
 
-# The generator of dropout masks. JAX's generators cost far more than a mask needs: threefry2x32 is lowered on
-# CPU as a loop that XLA does not fuse (12.6 ns per element of a [64, 6, 256, 256] mask on the project's first
-# 2-core CPU); threefry4x32 fuses into the mask's consumer but computes a whole 4-word block, some 340 integer
-# operations, for every element it keeps one word of (its masks took 0.7 s of the big Shakespeare step's 5.1 s
-# on the second machine); philox4x32 cannot be compiled once the mask is sharded (JAX 0.10.2: chlo.mulhi,
-# "Unable to convert MHLO to StableHLO"). A mask needs independent-looking bits, not a cryptographic stream,
-# so each element hashes its own index with two rounds of murmur3's finalizer, keyed by 64 bits of the
-# layer's key: some fifteen operations, with an index that is global, so the bits do not depend on the sharding.
-_MIX_MULTIPLIERS = (0x85EBCA6B, 0xC2B2AE35)  # murmur3's fmix32 constants
-_FLAT_INDEX_LIMIT = 2**32  # elements one uint32 index can number
-
-
-def _mix32(h: jax.Array) -> jax.Array:
-  """murmur3's fmix32: a bijection of uint32 in which every output bit depends on every input bit."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(_MIX_MULTIPLIERS[0])
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(_MIX_MULTIPLIERS[1])
-  return h ^ (h >> 16)
-
-
-def element_counters(shape: tuple[int, ...], flat_index_limit: int = _FLAT_INDEX_LIMIT) -> list[jax.Array]:
-  """uint32 arrays of `shape` that together tell every element apart.
-
-  One flat index over the trailing axes whose size fits in `flat_index_limit`, after the index along each
-  leading axis (there are none below 2**32 elements, which is every mask in practice).
-  """
-  if any(size > flat_index_limit for size in shape):
-    raise ValueError(f"dropout over an axis of more than {flat_index_limit} elements (shape {shape}) is not supported")
-  first_flat, flat_size = len(shape), 1
-  while first_flat > 0 and flat_size * shape[first_flat - 1] <= flat_index_limit:
-    first_flat -= 1
-    flat_size *= shape[first_flat]
-  flat, stride = jnp.zeros(shape, jnp.uint32), 1
-  for axis in reversed(range(first_flat, len(shape))):
-    flat = flat + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-    stride *= shape[axis]
-  return [jax.lax.broadcasted_iota(jnp.uint32, shape, axis) for axis in range(first_flat)] + [flat]
-
-
-def dropout_scale(rng: jax.Array, rate: float, shape, flat_index_limit: int = _FLAT_INDEX_LIMIT) -> jax.Array:
-  """1 / (1 - rate) where an element is kept and 0 where dropped, each dropped with probability `rate`.
-
-  The same key gives the same mask, however the mask is sharded (see the generator's note above).
-  """
-  shape = tuple(shape)
-  seeds = jax.random.bits(rng, (2,), jnp.uint32)
-  bits = seeds[0]
-  for counter in element_counters(shape, flat_index_limit):
-    bits = _mix32(bits ^ counter)
-  bits = _mix32(bits + seeds[1])
-  drop_below = jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
-  return jnp.where(bits >= drop_below, jnp.float32(1.0 / (1.0 - rate)), jnp.float32(0.0))
-
-
-# Query tiles of the reference and chunked kernels (see query_tiles_for). On the project's 2-core CPU two
-# tiles made the big Shakespeare step (T = 256) 6-11% faster and four were not clearly better, while
-# tiles of 32 and 16 queries (T = 64) made the small step 4% and 12% slower (docs/performance.md).
+# Query tiles of the reference and chunked kernels (see query_tiles_for): small tiles cost more than the keys
+# they skip save, and more than a few tiles were not clearly better (see docs/performance.md).
 MIN_QUERY_TILE = 128
 MAX_QUERY_TILES = 4
 
@@ -104,11 +51,11 @@ MAX_QUERY_TILES = 4
 def query_tiles_for(mask_kind: str, length: int) -> int:
   """How many query tiles the reference and chunked kernels should use for self-attention over `length` tokens.
 
-  Under the causal and sliding-window masks no query may attend to a later key (positions increase along
-  a sequence and each packed segment), so a tile of queries needs only the keys up to its own end:
-  with n tiles the kernel computes (n + 1) / 2n of the pattern. Other masks get one tile.
+  Under masks where no query may attend to a later key (causal, sliding window: positions increase along
+  a sequence and each packed segment), a tile of queries needs only the keys up to its own end: with n
+  tiles the kernel computes (n + 1) / 2n of the pattern. Other masks get one tile.
   """
-  if mask_kind not in ("causal", "sliding_window"):
+  if not MASK_KINDS[mask_kind].masks_later_keys:
     return 1
   return max(1, min(MAX_QUERY_TILES, length // MIN_QUERY_TILE))
 
@@ -132,8 +79,8 @@ def _attend(q_BLHK, k_BMHK, v_BMHR, allowed_BLM, scale, dropout_rate, dropout_rn
   allowed_B1LM = allowed_BLM[:, None]
   scores_BHLM = jnp.where(allowed_B1LM, scores_BHLM, MASKED_SCORE)
   # Masked keys get exactly 0 from the softmax (exp underflows), except in a row where every key is
-  # masked: its scores are all equal, so it is zeroed as a whole. (A second select over all B*H*L*M
-  # weights did the same at about 5% of the small CPU model's step.)
+  # masked: its scores are all equal, so it is zeroed as a whole, by one multiply (a second select over
+  # all B*H*L*M weights did the same at a measurable cost: see docs/performance.md).
   any_allowed_B1L1 = allowed_B1LM.any(axis=-1, keepdims=True).astype(jnp.float32)
   weights_BHLM = jax.nn.softmax(scores_BHLM, axis=-1) * any_allowed_B1L1
   mixing_BHLM = weights_BHLM
@@ -147,35 +94,45 @@ def reference_attention(
     q_BLHK: jax.Array,
     k_BMGK: jax.Array,
     v_BMGR: jax.Array,
-    allowed_BLM: jax.Array,
+    spec: MaskSpec,
+    q_positions_BL: jax.Array,
+    k_positions_BM: jax.Array,
+    q_segment_ids_BL: jax.Array | None = None,
+    k_segment_ids_BM: jax.Array | None = None,
     *,
     scale: float,
+    chunk_size: int = 128,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
     query_tiles: int = 1,
+    contiguous: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-  """Softmax attention written as the math reads.
+  """Softmax attention written as the math reads, over the whole B x H x L x M pattern.
 
   Args:
-    q_BLHK: queries.
-    k_BMGK: keys.
-    v_BMGR: values (value-down outputs, or full D-wide values).
-    allowed_BLM: the mask, True where a query may attend to a key.
+    q_BLHK, k_BMGK, v_BMGR: queries, keys, values (value-down outputs, or full D-wide values).
+    spec: the mask.
+    q_positions_BL, k_positions_BM: positions of queries and keys (see masks.MaskSpec).
+    q_segment_ids_BL, k_segment_ids_BM: packed-sequence ids, or None.
     scale: the factor on q.k.
+    chunk_size: keys per block of the chunked kernel (and of auto's fallback to it).
     dropout_rate: dropout on the attention weights (applied when dropout_rng is given).
     dropout_rng: PRNG key for that dropout; None for no dropout.
     query_tiles: computes the queries in this many tiles, each against the keys up to its own end only.
-      Exact only when no query may attend to a later key (self-attention under a causal or sliding-window
-      mask; see query_tiles_for); the caller decides. Each tile draws its own dropout key.
+      Exact only when no query may attend to a later key (self-attention under a mask kind that masks later
+      keys; see query_tiles_for); the caller decides. Each tile draws its own dropout key. Unused by auto.
+    contiguous: positions are 0..L-1 in every row with no segments (see auto_attention).
 
   Returns:
     (mixed_BLHR, weights_BHLM): each head's weighted sum of values, and the attention weights
     (exactly 0 where masked; rows with no allowed key are all 0).
   """
+  del chunk_size, contiguous
+  allowed_BLM = spec(q_positions_BL, k_positions_BM, q_segment_ids_BL, k_segment_ids_BM)
   q_per_group = q_BLHK.shape[2] // k_BMGK.shape[2]
   tiles = _query_tiles(query_tiles, q_BLHK.shape[1], k_BMGK.shape[1], dropout_rng)
   # Query head h uses key/value head h // Q. Repeating those to H heads keeps every array 4-D: XLA's
-  # CPU backend ran the 5-D grouped form (with a size-1 axis when G = H) at half the speed.
+  # CPU backend ran the 5-D grouped form (with a size-1 axis when G = H) much slower (see docs/performance.md).
   k_BMHK = jnp.repeat(k_BMGK, q_per_group, axis=2)
   v_BMHR = jnp.repeat(v_BMGR, q_per_group, axis=2)
   if len(tiles) == 1:
@@ -189,26 +146,24 @@ def reference_attention(
   return jnp.concatenate(mixed, axis=1), jnp.concatenate(weights, axis=2)
 
 
-# ----------------------------------------------------------------------------------------------
 # Chunked attention: flash-attention style online softmax, forward and backward over key blocks.
 
 
 def _key_blocks(chunk: int, *arrays_BM):
-  """Splits arrays along M into blocks of `chunk` (M is padded to a multiple), block axis first."""
+  """Splits arrays along M into J blocks of C = `chunk` keys (M is padded to J C): arrays_JBC..."""
   m = arrays_BM[0].shape[1]
   padded = -(-m // chunk) * chunk
   out = []
   for array in arrays_BM:
-    pad = [(0, 0)] * array.ndim
-    pad[1] = (0, padded - m)
-    array = jnp.pad(array, pad)
+    array = jnp.pad(array, [(0, 0), (0, padded - m)] + [(0, 0)] * (array.ndim - 2))
     out.append(jnp.moveaxis(array.reshape(array.shape[0], padded // chunk, chunk, *array.shape[2:]), 1, 0))
   return out
 
 
 def _block_allowed(spec, q_pos_BL, q_seg_BL, k_pos_BC, k_seg_BC, k_valid_BC):
+  """allowed_B11LC of one key block, broadcastable against scores_BGQLC."""
   allowed_BLC = spec(q_pos_BL, k_pos_BC, q_seg_BL, k_seg_BC) & k_valid_BC[:, None, :]
-  return allowed_BLC[:, None, None]  # B11LC
+  return allowed_BLC[:, None, None]
 
 
 def _chunked_forward(spec, scale, chunk, rate, q_BLHK, k_BMGK, v_BMGR, q_pos_BL, k_pos_BM, q_seg_BL,
@@ -223,10 +178,10 @@ def _chunked_forward(spec, scale, chunk, rate, q_BLHK, k_BMGK, v_BMGR, q_pos_BL,
   def step(carry, block):
     max_BGQL, sum_BGQL, acc_BLGQR = carry
     index, (k_BCGK, v_BCGR, k_pos_BC, k_seg_BC, k_valid_BC) = block
-    allowed = _block_allowed(spec, q_pos_BL, q_seg_BL, k_pos_BC, k_seg_BC, k_valid_BC)
-    scores_BGQLC = jnp.where(allowed, _scores(q_BLGQK, k_BCGK, scale), MASKED_SCORE)
+    allowed_B11LC = _block_allowed(spec, q_pos_BL, q_seg_BL, k_pos_BC, k_seg_BC, k_valid_BC)
+    scores_BGQLC = jnp.where(allowed_B11LC, _scores(q_BLGQK, k_BCGK, scale), MASKED_SCORE)
     new_max_BGQL = jnp.maximum(max_BGQL, scores_BGQLC.max(axis=-1))
-    p_BGQLC = jnp.where(allowed, jnp.exp(scores_BGQLC - new_max_BGQL[..., None]), 0.0)
+    p_BGQLC = jnp.where(allowed_B11LC, jnp.exp(scores_BGQLC - new_max_BGQL[..., None]), 0.0)
     correction_BGQL = jnp.exp(max_BGQL - new_max_BGQL)
     sum_BGQL = sum_BGQL * correction_BGQL + p_BGQLC.sum(axis=-1)
     if rng is not None:
@@ -271,9 +226,9 @@ def _chunked_bwd(spec, scale, chunk, rate, residuals, d_mixed_BLHR):
 
   def step(dq_BLGQK, block):
     index, (k_BCGK, v_BCGR, k_pos_BC, k_seg_BC, k_valid_BC) = block
-    allowed = _block_allowed(spec, q_pos_BL, q_seg_BL, k_pos_BC, k_seg_BC, k_valid_BC)
+    allowed_B11LC = _block_allowed(spec, q_pos_BL, q_seg_BL, k_pos_BC, k_seg_BC, k_valid_BC)
     scores_BGQLC = _scores(q_BLGQK, k_BCGK, scale)
-    p_BGQLC = jnp.where(allowed, jnp.exp(scores_BGQLC - logsumexp_BGQL[..., None]), 0.0)
+    p_BGQLC = jnp.where(allowed_B11LC, jnp.exp(scores_BGQLC - logsumexp_BGQL[..., None]), 0.0)
     d_p_BGQLC = jnp.einsum("BLGQR,BCGR->BGQLC", d_mixed_BLGQR, v_BCGR.astype(jnp.float32))
     mixing_BGQLC = p_BGQLC
     if rng is not None:
@@ -287,10 +242,10 @@ def _chunked_bwd(spec, scale, chunk, rate, residuals, d_mixed_BLHR):
     return dq_BLGQK, (d_k_BCGK, d_v_BCGR)
 
   indices = jnp.arange(blocks[0].shape[0])
-  dq_BLGQK, (d_k_NCGK, d_v_NCGR) = jax.lax.scan(
+  dq_BLGQK, (d_k_JBCGK, d_v_JBCGR) = jax.lax.scan(
       step, jnp.zeros(q_BLGQK.shape, jnp.float32), (indices, tuple(blocks)))
-  d_k_BMGK = jnp.moveaxis(d_k_NCGK, 0, 1).reshape(b, -1, g, kd)[:, :m]
-  d_v_BMGR = jnp.moveaxis(d_v_NCGR, 0, 1).reshape(b, -1, g, r)[:, :m]
+  d_k_BMGK = jnp.moveaxis(d_k_JBCGK, 0, 1).reshape(b, -1, g, kd)[:, :m]
+  d_v_BMGR = jnp.moveaxis(d_v_JBCGR, 0, 1).reshape(b, -1, g, r)[:, :m]
   # Positions, segment ids and the dropout key are integers: they have no cotangent.
   return (dq_BLGQK.reshape(b, l, h, kd).astype(q_BLHK.dtype), d_k_BMGK.astype(k_BMGK.dtype),
           d_v_BMGR.astype(v_BMGR.dtype), None, None, None, None, None)
@@ -314,25 +269,17 @@ def chunked_attention(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
     query_tiles: int = 1,
+    contiguous: bool = False,
 ) -> jax.Array:
   """Softmax attention over key blocks of `chunk_size`: memory linear in M, forward and backward.
 
-  The mask is built block by block from positions and segment ids, never as an L x M array.
-
-  Args:
-    q_BLHK, k_BMGK, v_BMGR: queries, keys, values.
-    spec: the mask.
-    q_positions_BL, k_positions_BM: positions of queries and keys (see masks.MaskSpec).
-    q_segment_ids_BL, k_segment_ids_BM: packed-sequence ids, or None.
-    scale: the factor on q.k.
-    chunk_size: keys per block.
-    dropout_rate: dropout on the attention weights (applied when dropout_rng is given).
-    dropout_rng: PRNG key for that dropout; None for no dropout.
-    query_tiles: as in reference_attention: each tile of queries runs over the key blocks up to its end.
+  The mask is built block by block from positions and segment ids, never as an L x M array. Arguments as
+  reference_attention's; each tile of queries runs over the key blocks up to its end; `contiguous` is unused.
 
   Returns:
     mixed_BLHR: each head's weighted sum of values.
   """
+  del contiguous
   if q_segment_ids_BL is None:
     q_segment_ids_BL = jnp.zeros(q_positions_BL.shape, jnp.int32)
     k_segment_ids_BM = jnp.zeros(k_positions_BM.shape, jnp.int32)
@@ -345,7 +292,6 @@ def chunked_attention(
   return mixed[0] if len(mixed) == 1 else jnp.concatenate(mixed, axis=1)
 
 
-# ----------------------------------------------------------------------------------------------
 # jax.nn.dot_product_attention, with cuDNN flash attention on GPUs.
 
 
@@ -377,13 +323,16 @@ def auto_attention(
     chunk_size: int = 128,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    query_tiles: int = 1,
     contiguous: bool = False,
 ) -> jax.Array:
-  """jax.nn.dot_product_attention where it applies, else chunked_attention (same arguments).
+  """jax.nn.dot_product_attention where it applies, else chunked_attention (arguments as reference_attention's).
 
-  `contiguous` says positions are 0..L-1 in every row with no segments, so the causal and sliding
-  masks can be passed as flags, which is what lets cuDNN's fused kernels run on GPUs.
+  `contiguous` says positions are 0..L-1 in every row with no segments, so masks that the function's flags
+  can say are passed as flags, which is what lets cuDNN's fused kernels run on GPUs. `query_tiles` is unused:
+  the fallback to the chunked kernel runs in one tile.
   """
+  del query_tiles
   dropout = dropout_rng is not None and dropout_rate > 0.0
   reason = auto_fallback_reason(q_BLHK.shape[-1], v_BMGR.shape[-1], dropout)
   if reason is not None:
@@ -391,13 +340,14 @@ def auto_attention(
     return chunked_attention(q_BLHK, k_BMGK, v_BMGR, spec, q_positions_BL, k_positions_BM, q_segment_ids_BL,
                              k_segment_ids_BM, scale=scale, chunk_size=chunk_size, dropout_rate=dropout_rate,
                              dropout_rng=dropout_rng)
-  flags = contiguous and q_BLHK.shape[1] == k_BMGK.shape[1] and spec.kind in ("causal", "sliding_window", "none")
+  kind = MASK_KINDS[spec.kind]
+  flags = contiguous and q_BLHK.shape[1] == k_BMGK.shape[1] and kind.dot_product_flags
   on_gpu = jax.default_backend() == "gpu"
   cudnn_ok = on_gpu and flags and q_BLHK.dtype in (jnp.bfloat16, jnp.float16) and q_BLHK.shape[-1] % 8 == 0
   if flags:
-    window = (spec.window - 1, 0) if spec.kind == "sliding_window" else None
+    window = (spec.window - 1, 0) if kind.size == "window" else None
     return jax.nn.dot_product_attention(
-        q_BLHK, k_BMGK, v_BMGR, scale=scale, is_causal=spec.kind != "none", local_window_size=window,
+        q_BLHK, k_BMGK, v_BMGR, scale=scale, is_causal=kind.masks_later_keys, local_window_size=window,
         implementation="cudnn" if cudnn_ok else "xla")
   allowed_B1LM = spec(q_positions_BL, k_positions_BM, q_segment_ids_BL, k_segment_ids_BM)[:, None]
   return jax.nn.dot_product_attention(q_BLHK, k_BMGK, v_BMGR, mask=allowed_B1LM, scale=scale, implementation="xla")

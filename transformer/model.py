@@ -9,9 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer.attention import DENSE_OUTPUT, EMBED, MultiHeadAttention, dense, dense_init, zeros_init
+from transformer.attention import EMBED, MultiHeadAttention
 from transformer.config import ModelConfig
-from transformer.kernels import dropout_scale
+from transformer.ops import DENSE_OUTPUT, dense, dense_init, dropout_scale, zeros_init
 from transformer.positions import sinusoidal_table
 
 MLP, VOCAB, LAYERS = "mlp", "vocab", "layers"
@@ -29,8 +29,8 @@ REMAT_POLICIES = {
 class Dropout(nn.Module):
   """Zeroes each element with probability `rate` and scales the rest by 1 / (1 - rate), as nn.Dropout.
 
-  Its masks come from kernels.dropout_scale (a counter hash, many times cheaper than nn.Dropout's
-  threefry-2x32 on CPU); each call draws a new key from the 'dropout' RNG stream.
+  Its masks come from ops.dropout_scale (a counter hash, much cheaper than nn.Dropout's threefry-2x32 on
+  CPU: see docs/performance.md); each call draws a new key from the 'dropout' RNG stream.
   """
 
   rate: float
@@ -72,14 +72,14 @@ class Mlp(nn.Module):
     c = self.config
     f = c.hidden_dim
     up = self.param("up", dense_init(c.init_std, (EMBED, MLP)), (c.d_model, f), jnp.float32)
-    h_BLF = dense(x_BLD, up.astype(c.dtype))
+    h_BLF = dense(x_BLD, up.astype(c.dtype), "BLD,DF->BLF")
     if c.use_bias:
       h_BLF = h_BLF + self.param("up_bias", zeros_init((MLP,)), (f,), jnp.float32).astype(c.dtype)[None, None]
     h_BLF = nn.gelu(h_BLF)
     # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2N).
     down_std = c.init_std / (2 * c.num_layers) ** 0.5
     down = self.param("down", dense_init(down_std, (MLP, EMBED)), (f, c.d_model), jnp.float32)
-    y_BLD = dense(h_BLF, down.astype(c.dtype))
+    y_BLD = dense(h_BLF, down.astype(c.dtype), "BLF,FD->BLD")
     if c.use_bias:
       y_BLD = y_BLD + self.param("down_bias", zeros_init((EMBED,)), (c.d_model,),
                                  jnp.float32).astype(c.dtype)[None, None]
@@ -178,8 +178,8 @@ class TransformerLM(nn.Module):
     if not c.post_ln:
       x_BLD = LayerNorm(c, name="final_norm")(x_BLD)
     if c.tie_embeddings:
-      logits_BLV = dense(x_BLD, embed.embedding.astype(c.dtype).T)
+      logits_BLV = dense(x_BLD, embed.embedding.astype(c.dtype).T, "BLD,DV->BLV")
     else:
       unembed = self.param("unembed", dense_init(c.init_std, (EMBED, VOCAB)), (c.d_model, c.vocab_size), jnp.float32)
-      logits_BLV = dense(x_BLD, unembed.astype(c.dtype))
+      logits_BLV = dense(x_BLD, unembed.astype(c.dtype), "BLD,DV->BLV")
     return logits_BLV.astype(jnp.float32)
