@@ -6,12 +6,12 @@ float32 softmax over keys, and mixes the values. The value map is either factore
 matrix per key/value head with no value_up. The heads' outputs are summed into the residual update,
 which is the same as concatenating them and applying an output projection.
 
-Letter key (the same in every file): B batch, L query length, M key length, D model width,
-H query heads, G key/value heads, K query/key head width, R value width (rank), F MLP hidden width,
-V vocabulary, N layers; Q = H / G query heads per key/value head, C keys per block and J key blocks of the
-chunked kernel, S the three stacked projections (query, key, value), A the frequencies of a position
-encoding (one per pair of features). Einsum strings use these letters, so names and contractions check
-each other.
+Letter key (the same in every file; the README's table has all of it): B batch, L query length, M key
+length, D model width, H query heads, G key/value heads, K query/key head width, R value width (rank),
+F MLP hidden width, V vocabulary, N layers; Q = H / G query heads per key/value head, C keys per block and
+J key blocks of the chunked kernel, I the three stacked projections (query, key, value), U the frequencies
+of a position encoding (one per pair of features). Einsum strings use these letters, so names and
+contractions check each other.
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ class MultiHeadAttention(nn.Module):
     if h == g and k == r:
       # One matmul for the three projections when their kernels have one shape: a wider matmul uses
       # the CPU better than three narrow ones, and the backward pass has fewer ops (see docs/performance.md).
-      qkv_BLSHK = dense(x_BLD, jnp.stack([query, key, value], axis=1), "BLD,DSHK->BLSHK")
-      q_BLHK, k_BMGK, v_BMGR = unstack_axis_2(qkv_BLSHK)
+      qkv_BLIHK = dense(x_BLD, jnp.stack([query, key, value], axis=1), "BLD,DIHK->BLIHK")
+      q_BLHK, k_BMGK, v_BMGR = unstack_axis_2(qkv_BLIHK)
     else:
       q_BLHK = dense(x_BLD, query, "BLD,DHK->BLHK")
       k_BMGK = dense(x_BMD, key, "BMD,DGK->BMGK")

@@ -16,11 +16,11 @@ import numpy as np
 def sinusoidal_table(length: int, width: int) -> np.ndarray:
   """table_LD[p, 2i] = sin(p / 10000^(2i/D)), table_LD[p, 2i+1] = cos(same), as in Vaswani et al. 2017."""
   positions_L1 = np.arange(length, dtype=np.float64)[:, None]
-  frequencies_A = 1.0 / 10_000.0 ** (np.arange(0, width, 2, dtype=np.float64) / width)
-  angles_LA = positions_L1 * frequencies_A[None]
+  frequencies_U = 1.0 / 10_000.0 ** (np.arange(0, width, 2, dtype=np.float64) / width)
+  angles_LU = positions_L1 * frequencies_U[None]
   table_LD = np.zeros((length, width), np.float64)
-  table_LD[:, 0::2] = np.sin(angles_LA)
-  table_LD[:, 1::2] = np.cos(angles_LA[:, : width // 2])
+  table_LD[:, 0::2] = np.sin(angles_LU)
+  table_LD[:, 1::2] = np.cos(angles_LU[:, : width // 2])
   return table_LD.astype(np.float32)
 
 
@@ -37,10 +37,10 @@ def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, base: float) -> jax.A
   """
   half = x_BLHK.shape[-1] // 2
   # Angles in float32 whatever the compute dtype: bfloat16 cannot hold positions past 256 exactly.
-  frequencies_A = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_BLA = positions_BL[..., None].astype(jnp.float32) * frequencies_A[None, None]
-  cos_BL1A = jnp.cos(angles_BLA)[:, :, None, :]
-  sin_BL1A = jnp.sin(angles_BLA)[:, :, None, :]
+  frequencies_U = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_BLU = positions_BL[..., None].astype(jnp.float32) * frequencies_U[None, None]
+  cos_BL1U = jnp.cos(angles_BLU)[:, :, None, :]
+  sin_BL1U = jnp.sin(angles_BLU)[:, :, None, :]
   first, second = x_BLHK[..., :half].astype(jnp.float32), x_BLHK[..., half:].astype(jnp.float32)
-  rotated = jnp.concatenate([first * cos_BL1A - second * sin_BL1A, second * cos_BL1A + first * sin_BL1A], axis=-1)
+  rotated = jnp.concatenate([first * cos_BL1U - second * sin_BL1U, second * cos_BL1U + first * sin_BL1U], axis=-1)
   return rotated.astype(x_BLHK.dtype)
