@@ -23,7 +23,7 @@ import pytest
 from experiments import checkpoint, inspect, plots, probes, validation, views
 from experiments.files import read_metrics
 from experiments.runner import ConfigError, train_and_evaluate
-from tests.test_runner import tiny_config
+from tests.helpers.tiny_config import tiny_config
 from transformer import ModelConfig, TransformerLM
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ PROMPT = "3 9 4 12 7 3 9 4 12 7"
 
 def induction_config(data_dir: str, steps: int = STEPS):
   """The tiny runner config on the induction task, with probes at each evaluation."""
-  c = tiny_config(data_dir, "induction", steps=steps)
+  c = tiny_config(data_dir, {"data.task": "induction", "train.steps": steps})
   c.optimizer.learning_rate = 1e-2
   c.train.log_every, c.train.eval_every, c.eval.max_batches = 100, steps // 2, 1
   c.inspect.probe_prompts = (PROMPT, "1 2 3")
@@ -153,7 +153,7 @@ def test_a_text_run_is_inspected_in_words(tfds_data_dir, tmp_path):
   rng = np.random.default_rng(0)
   words = ["the", "mole", "dug", "a", "hole", "of", "carbon", "weighs", "grams"]
   corpus.write_text("\n".join(" ".join(rng.choice(words, 6)) + "." for _ in range(300)) + "\n", encoding="utf-8")
-  c = tiny_config(tfds_data_dir, steps=4)
+  c = tiny_config(tfds_data_dir, {"train.steps": 4})
   c.data.task, c.data.dataset, c.data.text_files, c.data.tokenizer = "text", text.TEXT_FILES, str(corpus), "char"
   c.data.vocab_size, c.data.seq_len, c.data.validation_fraction = 0, 24, 0.1
   c.train.eval_every, c.eval.max_batches = 4, 1
