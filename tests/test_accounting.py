@@ -16,8 +16,6 @@ from configs import gpt2, gpt3
 from transformer import ModelConfig, TransformerLM, accounting, count_tree, flops_per_token, parameter_counts
 from transformer import model_config_from
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The figures of the explanation the project follows, for GPT-3 175B (D = 12288, K = R = 128, 96 heads, 96 layers).

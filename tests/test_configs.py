@@ -15,8 +15,6 @@ import pytest
 from experiments.data import datasets
 from transformer import ModelConfig, TransformerLM, model_config_from
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
