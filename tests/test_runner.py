@@ -18,6 +18,7 @@ from configs import base
 from experiments import checkpoint, host, runner, validation
 from experiments.files import read_metrics
 from experiments.runner import ConfigError, NonFiniteLoss, WorkdirLocked, train_and_evaluate
+from tests.helpers import config_files
 from tests.helpers.tiny_config import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -278,13 +279,9 @@ def test_sigterm_saves_and_the_run_resumes(tfds_data_dir, tmp_path):
   assert json.loads((workdir / "summary.json").read_text())["step"] == saved + 2
 
 
-@pytest.mark.parametrize("path", sorted(p for p in os.listdir(os.path.join(REPO, "configs"))
-                                        if p.endswith(".py") and p not in ("__init__.py",)))
-def test_every_config_file_validates(path):
-  import importlib
-
-  module = importlib.import_module(f"configs.{path[:-3]}")
-  for variant in getattr(module, "VARIANTS", (None,)):
-    config = module.get_config() if variant is None else module.get_config(variant)
+@pytest.mark.parametrize("name", config_files.names())
+def test_every_config_file_validates(name):
+  for variant in config_files.variants(name):
+    config = config_files.load(name, variant)
     errors = validation.validate(config, device_count=1, process_count=1)
-    assert not errors, (path, variant, errors)
+    assert not errors, (name, variant, errors)

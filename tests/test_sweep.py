@@ -15,11 +15,10 @@ from ml_collections import ConfigDict
 
 from experiments import sweep, sweep_space, validation
 from experiments.files import read_metrics
-from tests.helpers import postgres
+from tests.helpers import config_files, postgres
 from tests.helpers.sweeps import tiny_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEPS = os.path.join(REPO, "configs", "sweeps")
 
 
 def study_of(s: ConfigDict, sweepdir: str, storage: str | None = None) -> optuna.Study:
@@ -196,17 +195,14 @@ def test_two_workers_share_a_postgresql_study(tfds_data_dir, tmp_path):
     _two_workers(tiny_sweep(tfds_data_dir, values=(1, 2, 4, 8)), str(tmp_path), url)
 
 
-@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(SWEEPS) if f.endswith(".py")
-                                        and f not in ("__init__.py", "common.py")))
+@pytest.mark.parametrize("name", config_files.names("configs.sweeps"))
 def test_every_sweep_config_validates(name):
-  import importlib
-
-  module = importlib.import_module(f"configs.sweeps.{name}")
-  s = module.get_config()  # the CPU scale: every trial's config validates, and every trial has its own id
+  s = config_files.load(name, None, "configs.sweeps")  # the CPU scale: every trial validates, with its own id
   assert sweep_space.validate_trials(s, device_count=1) == [], name
   ids = [sweep_space.trial_id(s, sweep_space.overrides_of(s, p)) for p in sweep_space.grid_points(s)]
   assert len(set(ids)) == len(ids)
-  for scale in module.VARIANTS:  # other scales: the sweep itself and its first trial (each point costs a model)
-    s = module.get_config(scale)
+  # Other scales: the sweep itself and its first trial (each point costs a model).
+  for scale in config_files.variants(name, "configs.sweeps"):
+    s = config_files.load(name, scale, "configs.sweeps")
     first = sweep_space.trial_config(s, sweep_space.grid_points(s)[0])
     assert sweep_space.check_sweep(s) + validation.validate(first, device_count=1, process_count=1) == [], scale
