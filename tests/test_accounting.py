@@ -110,6 +110,7 @@ def _init(config: ModelConfig):
   return TransformerLM(config).init(jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((1, 4), jnp.int32))["params"]
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(small_configs(real=True))
 def test_counts_equal_the_initialized_parameters(config):

@@ -63,6 +63,7 @@ def panels(figure) -> dict[str, object]:
   return {ax.get_label(): ax for ax in figure.axes if ax.get_label().startswith("attention layer")}
 
 
+@pytest.mark.slow
 def test_png_has_one_panel_per_layer_and_head_drawing_the_models_weights(trained, tmp_path):
   result = inspect.run_attention(trained, PROMPT, layers="0,1", heads="1", out=str(tmp_path / "a.png"))
   assert result["step"] == STEPS
@@ -84,6 +85,7 @@ def test_png_has_one_panel_per_layer_and_head_drawing_the_models_weights(trained
     assert "<script" in f.read()
 
 
+@pytest.mark.slow
 def test_long_prompt_is_truncated_with_a_note(trained, tmp_path):
   long_prompt = " ".join(str(1 + i % 30) for i in range(40))  # the model's max_len is 24
   result = inspect.run_attention(trained, long_prompt, out=str(tmp_path / "long.png"))
@@ -92,6 +94,7 @@ def test_long_prompt_is_truncated_with_a_note(trained, tmp_path):
   assert len(panels(result["figure"])) == 2 * 2  # all layers and heads by default
 
 
+@pytest.mark.slow
 def test_bad_layer_is_one_clear_error(trained, tmp_path):
   with pytest.raises(ValueError, match=r"--layers='0,5': 5 is out of range 0..1"):
     inspect.run_attention(trained, PROMPT, layers="0,5", out=str(tmp_path / "a.png"))
@@ -103,6 +106,7 @@ def untrained(config: ModelConfig):
   return model, params
 
 
+@pytest.mark.slow
 def test_induction_score_is_high_when_trained_and_low_when_untrained(trained):
   model, params, _ = checkpoint.load_model(trained)
   tokens_BL = probes.random_tokens(model.config.vocab_size, model.config.max_len, 8)
@@ -131,6 +135,7 @@ def test_scores_of_known_patterns():
   np.testing.assert_allclose(probes.induction_score(previous_LM[None, None, None], period), [[0.0]])
 
 
+@pytest.mark.slow
 def test_context_similarity_is_one_for_identical_contexts(trained, tmp_path):
   a, b = "1 2 3 4 5 6 7", "9 8 5 11 12"
   result = inspect.run_context(trained, token="5", prompts=[a, a, b], out=str(tmp_path / "c.png"))
@@ -145,6 +150,7 @@ def test_context_similarity_is_one_for_identical_contexts(trained, tmp_path):
     inspect.run_context(trained, token="5", prompts=[a, "1 2"], out=str(tmp_path / "c.png"))
 
 
+@pytest.mark.slow
 def test_a_text_run_is_inspected_in_words(tfds_data_dir, tmp_path):
   """A character-level run: probes encode text prompts; a word of several tokens is followed at its last one."""
   from experiments.data import text
@@ -176,6 +182,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                         check=False)
 
 
+@pytest.mark.slow
 def test_heads_command_prints_a_row_per_head_and_writes_the_heat_map(trained, tmp_path):
   out = tmp_path / "heads.png"
   result = _cli("experiments.inspect", "heads", f"--workdir={trained}", f"--out={out}")
@@ -208,6 +215,7 @@ def _tensorboard_images(workdir: str) -> dict[tuple[str, int], bytes]:
   return images
 
 
+@pytest.mark.slow
 def test_training_writes_pattern_images_and_head_scalars_at_each_evaluation(trained):
   images = _tensorboard_images(trained)
   for step in (STEPS // 2, STEPS):
@@ -225,6 +233,7 @@ def test_training_writes_pattern_images_and_head_scalars_at_each_evaluation(trai
   assert by_step[STEPS]["heads/induction/layer1_head1"] == pytest.approx(float(expected[1, 1]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_probes_leave_training_unchanged(tfds_data_dir, tmp_path):
   with_probes = induction_config(tfds_data_dir, steps=6)
   with_probes.train.eval_every, with_probes.train.log_every = 2, 1
@@ -309,6 +318,7 @@ def test_big_models_get_a_page_of_bounded_size():
   assert 100 < shown and 12 * 12 * shown**2 <= views.HTML_MAX_CELLS
 
 
+@pytest.mark.slow
 def test_saved_config_records_the_probe_settings(trained):
   with open(os.path.join(trained, "config.json"), encoding="utf-8") as f:
     saved = json.load(f)

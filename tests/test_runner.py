@@ -31,6 +31,7 @@ def losses(workdir: str) -> dict[int, float]:
 STEPS = 150
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["associative_recall", "induction", "copy", "reverse"])
 def test_loss_falls_on_every_task(task, tfds_data_dir, tmp_path):
   config = tiny_config(tfds_data_dir, {"data.task": task, "train.steps": STEPS})
@@ -49,6 +50,7 @@ def test_loss_falls_on_every_task(task, tfds_data_dir, tmp_path):
   assert saved["model"]["vocab_size"] == 32 and saved["model"]["max_len"] == 24  # filled in from the data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_every, steps_per_call", [(1, 1), (6, 3)])
 def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path, log_every, steps_per_call):
   """N steps, stop, resume for N more == 2N steps straight, on CPU, to the last bit (also with calls of
@@ -78,6 +80,7 @@ def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path, log_every, steps_p
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_steps_per_call_changes_no_step(tfds_data_dir, tmp_path):
   """One call of 5 steps trains the same steps as 5 calls of 1: the same losses and parameters."""
   runs = {}
@@ -94,6 +97,7 @@ def test_steps_per_call_changes_no_step(tfds_data_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_heap_guard_changes_no_step(tfds_data_dir, tmp_path, monkeypatch):
   """With the heap guard of big steps switched on (and trimming whenever the process grows), the run's
   losses and parameters are bitwise those of a run without it."""
@@ -141,6 +145,7 @@ def test_calls_end_at_every_log_eval_and_checkpoint_step(steps, per_call, log, e
   assert due | {steps} <= set(ends)
 
 
+@pytest.mark.slow
 def test_accumulation_matches_one_big_batch(tfds_data_dir, tmp_path):
   one = tiny_config(tfds_data_dir, {"train.steps": 3})
   four = tiny_config(tfds_data_dir, {"train.steps": 3})
@@ -211,6 +216,7 @@ def test_cli_rejects_bad_config_with_status_2_and_keeps_the_workdir(tmp_path):
   assert sorted(os.listdir(workdir)) == ["precious.txt"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_model(tfds_data_dir, tmp_path):
   train_and_evaluate(tiny_config(tfds_data_dir, {"train.steps": 2}), str(tmp_path))
   changed = tiny_config(tfds_data_dir, {"train.steps": 4})
@@ -219,6 +225,7 @@ def test_resume_refuses_a_different_model(tfds_data_dir, tmp_path):
     train_and_evaluate(changed, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_workdir_lock_refuses_a_second_run(tfds_data_dir, tmp_path):
   with runner.workdir_lock(str(tmp_path)):
     with pytest.raises(WorkdirLocked, match="in use by a live run"):
@@ -226,6 +233,7 @@ def test_workdir_lock_refuses_a_second_run(tfds_data_dir, tmp_path):
   train_and_evaluate(tiny_config(tfds_data_dir, {"train.steps": 2}), str(tmp_path))  # released: runs
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_data_dir, tmp_path):
   config = tiny_config(tfds_data_dir, {"train.steps": 30})
   config.train.checkpoint_every, config.train.log_every = 1, 10
@@ -240,6 +248,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_data_dir, 
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params)), step
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_optimizer_state_is_a_clear_error(tfds_data_dir, tmp_path):
   train_and_evaluate(tiny_config(tfds_data_dir, {"train.steps": 2}), str(tmp_path))
   changed = tiny_config(tfds_data_dir, {"train.steps": 4})
@@ -248,6 +257,7 @@ def test_resume_with_a_different_optimizer_state_is_a_clear_error(tfds_data_dir,
     train_and_evaluate(changed, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes(tfds_data_dir, tmp_path):
   workdir = tmp_path / "run"
   args = [sys.executable, "-m", "experiments.train", "--config=configs/default.py", f"--workdir={workdir}",

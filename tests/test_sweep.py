@@ -34,6 +34,7 @@ def logged_steps(trial_dir: str) -> list[int]:
   return [m["step"] for m in read_metrics(trial_dir) if "train/loss" in m]
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end_and_a_rerun_trains_nothing(tfds_data_dir, tmp_path):
   s = tiny_sweep(tfds_data_dir)
   counts = sweep.run(s, str(tmp_path))
@@ -56,6 +57,7 @@ def test_tiny_sweep_end_to_end_and_a_rerun_trains_nothing(tfds_data_dir, tmp_pat
   assert {d: os.stat(os.path.join(p, "metrics.jsonl")).st_mtime_ns for d, p in dirs.items()} == before
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_others_finish(tfds_data_dir, tmp_path):
   s = tiny_sweep(tfds_data_dir, values=(3e-3, 1e30), path="optimizer.learning_rate")
   s.fixed.optimizer.end_learning_rate = 1e-5
@@ -84,6 +86,7 @@ def test_invalid_trials_are_reported_before_anything_runs(tmp_path):
   assert not (tmp_path / "sweep").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_a_trial_interrupted_in_process_is_requeued_and_resumed(tfds_data_dir, tmp_path, monkeypatch):
   from experiments import runner
 
@@ -121,6 +124,7 @@ def get_config():
 """
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tfds_data_dir, tmp_path):
   """SIGKILL the whole sweep mid-trial (no chance to save or record), then rerun the same sweep."""
   steps = 80
@@ -183,10 +187,12 @@ def _two_workers(s: ConfigDict, sweepdir: str, storage: str | None) -> None:
   assert counts.get("FAIL", 0) == 0 and counts.get("RUNNING", 0) == 0
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_sqlite_study(tfds_data_dir, tmp_path):
   _two_workers(tiny_sweep(tfds_data_dir, values=(1, 2, 4, 8)), str(tmp_path), None)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_postgresql_study(tfds_data_dir, tmp_path):
   pytest.importorskip("psycopg2", reason="psycopg2 (requirements-dev.txt) is not installed")
   if postgres.binaries() is None:
