@@ -12,6 +12,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+def pytest_configure(config):
+  # `-m "not slow"` is the fast tier, for a change to transformer/ or a helper; CI runs everything.
+  config.addinivalue_line("markers", "slow: trains end to end, runs a command that trains, starts a server "
+                          "(PostgreSQL, Chromium, jax.distributed) or takes over ~5 s of CPU on a 2-core machine")
+
+
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory) -> str:
   """A TFDS data_dir for the whole session, so each task and size is prepared once."""

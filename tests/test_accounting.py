@@ -16,8 +16,6 @@ from configs import gpt2, gpt3
 from transformer import ModelConfig, TransformerLM, accounting, count_tree, flops_per_token, parameter_counts
 from transformer import model_config_from
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The figures of the explanation the project follows, for GPT-3 175B (D = 12288, K = R = 128, 96 heads, 96 layers).
@@ -112,6 +110,7 @@ def _init(config: ModelConfig):
   return TransformerLM(config).init(jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((1, 4), jnp.int32))["params"]
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(small_configs(real=True))
 def test_counts_equal_the_initialized_parameters(config):

@@ -493,6 +493,7 @@ def test_attention_dropout_needs_deterministic_false_and_the_dropout_rng():
     module.apply({"params": p}, x, positions, deterministic=False)
 
 
+@pytest.mark.slow
 @given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=2), inputs=st.lists(st.integers(1, 5), min_size=1, max_size=2),
        outputs=st.lists(st.integers(1, 4), min_size=1, max_size=3), seed=st.integers(0, 100))
 @settings(max_examples=25, deadline=None)

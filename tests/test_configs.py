@@ -1,60 +1,34 @@
 """Every config file in configs/, every variant: it loads, its model section converts, and the model builds.
 
-A config file with variants (selected as `configs/<file>.py:<arg>`) lists them in a module-level tuple
-`VARIANTS`; a file without it is loaded as `get_config()`. Files without `get_config` are helpers.
+The files and their variants are those of tests/helpers/config_files.py, which the validation test of every
+config file (test_runner.py) and of every sweep file (test_sweep.py) enumerate too.
 """
-
-import glob
-import importlib
-import os
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from experiments import validation
 from experiments.data import datasets
+from tests.helpers import config_files
 from transformer import ModelConfig, TransformerLM, model_config_from
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def _cases():
-  cases = []
-  for path in sorted(glob.glob(os.path.join(CONFIGS, "*.py"))):
-    name = os.path.splitext(os.path.basename(path))[0]
-    if name == "__init__":
-      continue
-    module = importlib.import_module(f"configs.{name}")
-    if not hasattr(module, "get_config"):
-      continue
-    for variant in getattr(module, "VARIANTS", (None,)):
-      cases.append(pytest.param(name, variant, id=name if variant is None else f"{name}:{variant}"))
-  return cases
-
-
-def _load(name: str, variant: str | None):
-  """What `--config=configs/<name>.py[:<variant>]` gives (ml_collections calls get_config(arg) when given)."""
-  module = importlib.import_module(f"configs.{name}")
-  return module.get_config() if variant is None else module.get_config(variant)
+  return [pytest.param(name, variant, id=name if variant is None else f"{name}:{variant}")
+          for name in config_files.names() for variant in config_files.variants(name)]
 
 
 def _model_config(config) -> ModelConfig:
   """The model section with its 0s ("from the data") filled from the data section, as training does."""
-  values = config.model.to_dict()
-  data = config.get("data", {})
-  if values.get("vocab_size") == 0:
-    # Text with the char tokenizer knows its vocabulary only from the text: any size builds the model.
-    values["vocab_size"] = datasets.known_vocab_size(data) or 256
-  if values.get("max_len") == 0:
-    values["max_len"] = data["seq_len"]
-  return model_config_from(values)
+  # Text with the char tokenizer knows its vocabulary only from the text: any size builds the model.
+  resolved = validation.resolve(config, data_vocab_size=datasets.known_vocab_size(config.data) or 256)
+  return model_config_from(resolved.model)
 
 
 @pytest.mark.parametrize("name,variant", _cases())
 def test_config_loads_and_model_builds(name, variant):
-  config = _load(name, variant)
+  config = config_files.load(name, variant)
   model_config = _model_config(config)
   tokens_BL = jax.ShapeDtypeStruct((1, min(8, model_config.max_len)), jnp.int32)
   # eval_shape traces init (the forward pass included) without allocating: a 175B model builds in seconds.

@@ -136,6 +136,7 @@ def test_language_model_pipeline_resumes_exactly():
   assert not np.array_equal(other_seed["inputs"], batch["inputs"])
 
 
+@pytest.mark.slow
 @needs_shakespeare
 @pytest.mark.skipif(not _tensorflow_installed(), reason="preparing a TFDS catalog dataset needs tensorflow")
 def test_tiny_shakespeare_from_the_catalog_matches_nanogpt_splits(tfds_data_dir):

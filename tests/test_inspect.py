@@ -25,7 +25,7 @@ from experiments.files import read_metrics
 from experiments.inspection import forward_pass, head_scores, html_page, plots
 from experiments.runner import train_and_evaluate
 from experiments.validation import ConfigError
-from tests.test_runner import tiny_config
+from tests.helpers.tiny_config import tiny_config
 from transformer import ModelConfig, TransformerLM
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +35,7 @@ PROMPT = "3 9 4 12 7 3 9 4 12 7"
 
 def induction_config(data_dir: str, steps: int = STEPS):
   """The tiny runner config on the induction task, with probes at each evaluation."""
-  c = tiny_config(data_dir, "induction", steps=steps)
+  c = tiny_config(data_dir, {"data.task": "induction", "train.steps": steps})
   c.optimizer.learning_rate = 1e-2
   c.train.log_every, c.train.eval_every, c.eval.max_batches = 100, steps // 2, 1
   c.inspect.probe_prompts = (PROMPT, "1 2 3")
@@ -65,6 +65,7 @@ def panels(figure) -> dict[str, object]:
   return {ax.get_label(): ax for ax in figure.axes if ax.get_label().startswith("attention layer")}
 
 
+@pytest.mark.slow
 def test_png_has_one_panel_per_layer_and_head_drawing_the_models_weights(trained, tmp_path):
   result = inspect.run_attention(trained, PROMPT, layers="0,1", heads="1", out=str(tmp_path / "a.png"))
   assert result["step"] == STEPS
@@ -86,6 +87,7 @@ def test_png_has_one_panel_per_layer_and_head_drawing_the_models_weights(trained
     assert "<script" in f.read()
 
 
+@pytest.mark.slow
 def test_long_prompt_is_truncated_with_a_note(trained, tmp_path):
   long_prompt = " ".join(str(1 + i % 30) for i in range(40))  # the model's max_len is 24
   result = inspect.run_attention(trained, long_prompt, out=str(tmp_path / "long.png"))
@@ -94,6 +96,7 @@ def test_long_prompt_is_truncated_with_a_note(trained, tmp_path):
   assert len(panels(result["figure"])) == 2 * 2  # all layers and heads by default
 
 
+@pytest.mark.slow
 def test_bad_layer_is_one_clear_error(trained, tmp_path):
   with pytest.raises(ValueError, match=r"--layers='0,5': 5 is out of range 0..1"):
     inspect.run_attention(trained, PROMPT, layers="0,5", out=str(tmp_path / "a.png"))
@@ -105,6 +108,7 @@ def untrained(config: ModelConfig):
   return model, params
 
 
+@pytest.mark.slow
 def test_induction_score_is_high_when_trained_and_low_when_untrained(trained):
   model, params, _ = checkpoint.load_model(trained)
   tokens_BL = head_scores.random_tokens(model.config.vocab_size, model.config.max_len, 8)
@@ -134,6 +138,7 @@ def test_scores_of_known_patterns():
   np.testing.assert_allclose(head_scores.induction_score(previous_LM[None, None, None], period), [[0.0]])
 
 
+@pytest.mark.slow
 def test_context_similarity_is_one_for_identical_contexts(trained, tmp_path):
   a, b = "1 2 3 4 5 6 7", "9 8 5 11 12"
   result = inspect.run_context(trained, token="5", prompts=[a, a, b], out=str(tmp_path / "c.png"))
@@ -148,6 +153,7 @@ def test_context_similarity_is_one_for_identical_contexts(trained, tmp_path):
     inspect.run_context(trained, token="5", prompts=[a, "1 2"], out=str(tmp_path / "c.png"))
 
 
+@pytest.mark.slow
 def test_a_text_run_is_inspected_in_words(tfds_data_dir, tmp_path):
   """A character-level run: probes encode text prompts; a word of several tokens is followed at its last one."""
   from experiments.data import text
@@ -156,7 +162,7 @@ def test_a_text_run_is_inspected_in_words(tfds_data_dir, tmp_path):
   rng = np.random.default_rng(0)
   words = ["the", "mole", "dug", "a", "hole", "of", "carbon", "weighs", "grams"]
   corpus.write_text("\n".join(" ".join(rng.choice(words, 6)) + "." for _ in range(300)) + "\n", encoding="utf-8")
-  c = tiny_config(tfds_data_dir, steps=4)
+  c = tiny_config(tfds_data_dir, {"train.steps": 4})
   c.data.task, c.data.dataset, c.data.text_files, c.data.tokenizer = "text", text.TEXT_FILES, str(corpus), "char"
   c.data.vocab_size, c.data.seq_len, c.data.validation_fraction = 0, 24, 0.1
   c.train.eval_every, c.eval.max_batches = 4, 1
@@ -179,6 +185,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                         check=False)
 
 
+@pytest.mark.slow
 def test_heads_command_prints_a_row_per_head_and_writes_the_heat_map(trained, tmp_path):
   out = tmp_path / "heads.png"
   result = _cli("experiments.inspect", "heads", f"--workdir={trained}", f"--out={out}")
@@ -211,6 +218,7 @@ def _tensorboard_images(workdir: str) -> dict[tuple[str, int], bytes]:
   return images
 
 
+@pytest.mark.slow
 def test_training_writes_pattern_images_and_head_scalars_at_each_evaluation(trained):
   images = _tensorboard_images(trained)
   for step in (STEPS // 2, STEPS):
@@ -229,6 +237,7 @@ def test_training_writes_pattern_images_and_head_scalars_at_each_evaluation(trai
   assert by_step[STEPS]["heads/induction/layer1_head1"] == pytest.approx(float(expected[1, 1]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_probes_leave_training_unchanged(tfds_data_dir, tmp_path):
   with_probes = induction_config(tfds_data_dir, steps=6)
   with_probes.train.eval_every, with_probes.train.log_every = 2, 1
@@ -313,6 +322,7 @@ def test_big_models_get_a_page_of_bounded_size():
   assert 100 < shown and 12 * 12 * shown**2 <= html_page.HTML_MAX_CELLS
 
 
+@pytest.mark.slow
 def test_saved_config_records_the_probe_settings(trained):
   with open(os.path.join(trained, "config.json"), encoding="utf-8") as f:
     saved = json.load(f)

@@ -18,6 +18,8 @@ from transformer import ModelConfig, TransformerLM
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (requirements-dev.txt)")
 
+pytestmark = pytest.mark.slow
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 LAYERS, HEADS = 2, 3
 

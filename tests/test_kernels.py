@@ -212,6 +212,7 @@ def test_chunked_gradient_without_dropout_equals_reference_gradient(spec):
 # Query tiles of the reference kernel: the same function, with the key blocks after each tile skipped.
 
 
+@pytest.mark.slow
 @given(
     kernel=st.sampled_from(["reference", "chunked"]),
     spec=st.sampled_from((MaskSpec("causal"), MaskSpec("sliding_window", window=2))),

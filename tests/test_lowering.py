@@ -17,7 +17,7 @@ import pytest
 from jax import export
 
 from experiments import build, sample, sharding, validation
-from tests.helpers.tiny_config import tiny_config
+from tests.helpers.tiny_config import MESH, tiny_config
 from transformer import decoding
 
 PLATFORMS = ("cuda", "tpu")
@@ -42,7 +42,7 @@ IMPLS = {"reference": 0.1, "chunked": 0.1, "auto": 0.0}
 @pytest.mark.parametrize("attention_impl", list(IMPLS))
 def test_steps_lower_for_accelerators_in_bfloat16_with_dropout(attention_impl, tfds_data_dir, tmp_path):
   config = tiny_config(tfds_data_dir, {
-      "model.attention_impl": attention_impl, "model.dtype": "bfloat16", "model.dropout_rate": 0.1,
+      **MESH, "model.attention_impl": attention_impl, "model.dtype": "bfloat16", "model.dropout_rate": 0.1,
       "model.attention_dropout_rate": IMPLS[attention_impl], "train.steps_per_call": STEPS_PER_CALL})
   config = validation.resolve(config)
   data = build.load_data(config)

@@ -19,6 +19,8 @@ import pytest
 
 from helpers import launch  # tests/ is on sys.path under pytest's default (prepend) import mode
 
+pytestmark = pytest.mark.slow
+
 STEPS, HALF = 6, 3
 # The schedule ends at STEPS whatever train.steps is, so a run stopped at HALF and resumed matches a straight one.
 # Dropout everywhere: each device draws its part of the same masks, so every layout still matches one device

@@ -97,6 +97,7 @@ def distributed(tmp_path_factory) -> None:
     pytest.skip(f"jax.distributed with gloo CPU collectives does not work on this machine: {error}")
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(distributed, tmp_path, tfds_data_dir):
   del distributed
   one = {"workdir": str(tmp_path / "one"), "data_dir": tfds_data_dir, "overrides": COMMON}
@@ -122,6 +123,7 @@ def test_two_processes_train_like_one(distributed, tmp_path, tfds_data_dir):
   assert summary["processes"] == 2 and summary["devices"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signalled", [(0, 1), (1,)], ids=["both", "process_1_only"])
 def test_sigterm_stops_both_processes_at_one_step_with_a_checkpoint(distributed, tmp_path, tfds_data_dir, signalled):
   """Processes may get SIGTERM at different steps, or only one of them gets it: jax's preemption sync point

@@ -19,6 +19,7 @@ from tests.helpers.sweeps import tiny_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

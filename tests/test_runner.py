@@ -21,22 +21,10 @@ from experiments.metrics import NonFiniteLoss
 from experiments.runner import train_and_evaluate
 from experiments.validation import ConfigError
 from experiments.workdir import WorkdirLocked, workdir_lock
+from tests.helpers import config_files
+from tests.helpers.tiny_config import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(data_dir: str, task: str = "associative_recall", steps: int = 12):
-  """A model and data small enough to compile and run a dozen steps in seconds."""
-  c = base.get_config()
-  c.model.num_layers, c.model.d_model, c.model.num_heads = 2, 32, 2
-  c.data.task, c.data.vocab_size, c.data.seq_len = task, 32, 24
-  c.data.num_pairs, c.data.num_queries = 4, 4
-  c.data.num_train, c.data.num_validation, c.data.data_dir = 512, 64, data_dir
-  c.train.steps, c.train.batch_size, c.train.log_every = steps, 16, 1
-  c.train.eval_every, c.train.checkpoint_every = 0, 0
-  c.optimizer.warmup_steps, c.optimizer.learning_rate = 2, 3e-3
-  c.checkpoint.async_save = False
-  return c
 
 
 def losses(workdir: str) -> dict[int, float]:
@@ -46,9 +34,10 @@ def losses(workdir: str) -> dict[int, float]:
 STEPS = 150
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["associative_recall", "induction", "copy", "reverse"])
 def test_loss_falls_on_every_task(task, tfds_data_dir, tmp_path):
-  config = tiny_config(tfds_data_dir, task, steps=STEPS)
+  config = tiny_config(tfds_data_dir, {"data.task": task, "train.steps": STEPS})
   config.train.eval_every, config.train.log_every = STEPS, 5
   config.optimizer.learning_rate = 1e-2
   summary = train_and_evaluate(config, str(tmp_path))
@@ -64,6 +53,7 @@ def test_loss_falls_on_every_task(task, tfds_data_dir, tmp_path):
   assert saved["model"]["vocab_size"] == 32 and saved["model"]["max_len"] == 24  # filled in from the data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_every, steps_per_call", [(1, 1), (6, 3)])
 def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path, log_every, steps_per_call):
   """N steps, stop, resume for N more == 2N steps straight, on CPU, to the last bit (also with calls of
@@ -71,7 +61,7 @@ def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path, log_every, steps_p
   n = 6
 
   def config(steps):
-    c = tiny_config(tfds_data_dir, steps=steps)
+    c = tiny_config(tfds_data_dir, {"train.steps": steps})
     c.optimizer.decay_steps = 2 * n  # the schedule must not depend on where the run stops
     c.model.dropout_rate = 0.1  # dropout randomness must resume too
     c.train.log_every, c.train.steps_per_call = log_every, steps_per_call
@@ -93,11 +83,12 @@ def test_resume_is_bitwise_identical(tfds_data_dir, tmp_path, log_every, steps_p
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_steps_per_call_changes_no_step(tfds_data_dir, tmp_path):
   """One call of 5 steps trains the same steps as 5 calls of 1: the same losses and parameters."""
   runs = {}
   for steps_per_call in (1, 5):
-    c = tiny_config(tfds_data_dir, steps=5)
+    c = tiny_config(tfds_data_dir, {"train.steps": 5})
     c.train.log_every, c.train.steps_per_call = 5, steps_per_call
     c.model.dropout_rate = 0.1
     workdir = str(tmp_path / str(steps_per_call))
@@ -109,6 +100,7 @@ def test_steps_per_call_changes_no_step(tfds_data_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_heap_guard_changes_no_step(tfds_data_dir, tmp_path, monkeypatch):
   """With the heap guard of big steps switched on (and trimming whenever the process grows), the run's
   losses and parameters are bitwise those of a run without it."""
@@ -121,7 +113,7 @@ def test_heap_guard_changes_no_step(tfds_data_dir, tmp_path, monkeypatch):
 
   runs = {}
   for guarded in (False, True):
-    c = tiny_config(tfds_data_dir, steps=6)
+    c = tiny_config(tfds_data_dir, {"train.steps": 6})
     c.train.log_every, c.train.steps_per_call = 2, 2
     c.model.dropout_rate = 0.1
     if guarded:
@@ -156,9 +148,10 @@ def test_calls_end_at_every_log_eval_and_checkpoint_step(steps, per_call, log, e
   assert due | {steps} <= set(ends)
 
 
+@pytest.mark.slow
 def test_accumulation_matches_one_big_batch(tfds_data_dir, tmp_path):
-  one = tiny_config(tfds_data_dir, steps=3)
-  four = tiny_config(tfds_data_dir, steps=3)
+  one = tiny_config(tfds_data_dir, {"train.steps": 3})
+  four = tiny_config(tfds_data_dir, {"train.steps": 3})
   four.optimizer.accumulation_steps = 4
   train_and_evaluate(one, str(tmp_path / "one"))
   train_and_evaluate(four, str(tmp_path / "four"))
@@ -195,7 +188,7 @@ INVALID = [
 
 @pytest.mark.parametrize("key,value,named", INVALID, ids=[f"{k}={v}" for k, v, _ in INVALID])
 def test_invalid_config_names_the_key_and_touches_nothing(key, value, named, tmp_path):
-  config = tiny_config(str(tmp_path / "data"))
+  config = tiny_config(str(tmp_path / "data"), {"train.steps": 12})
   section, field = key.split(".")
   config[section][field] = value
   workdir = tmp_path / "run"
@@ -207,7 +200,7 @@ def test_invalid_config_names_the_key_and_touches_nothing(key, value, named, tmp
 
 
 def test_tensor_parallel_size_must_divide_heads(tmp_path):
-  config = tiny_config(str(tmp_path))
+  config = tiny_config(str(tmp_path), {"train.steps": 12})
   config.mesh.data, config.mesh.tensor = 1, 4
   errors = validation.validate(config, device_count=4, process_count=1)
   assert any(e.startswith("model.num_heads") and "tensor=4" in e for e in errors), errors
@@ -226,23 +219,26 @@ def test_cli_rejects_bad_config_with_status_2_and_keeps_the_workdir(tmp_path):
   assert sorted(os.listdir(workdir)) == ["precious.txt"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_model(tfds_data_dir, tmp_path):
-  train_and_evaluate(tiny_config(tfds_data_dir, steps=2), str(tmp_path))
-  changed = tiny_config(tfds_data_dir, steps=4)
+  train_and_evaluate(tiny_config(tfds_data_dir, {"train.steps": 2}), str(tmp_path))
+  changed = tiny_config(tfds_data_dir, {"train.steps": 4})
   changed.model.num_heads = 4
   with pytest.raises(ConfigError, match="model.num_heads=4 differs"):
     train_and_evaluate(changed, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_workdir_lock_refuses_a_second_run(tfds_data_dir, tmp_path):
   with workdir_lock(str(tmp_path), jax.process_index()):
     with pytest.raises(WorkdirLocked, match="in use by a live run"):
-      train_and_evaluate(tiny_config(tfds_data_dir, steps=2), str(tmp_path))
-  train_and_evaluate(tiny_config(tfds_data_dir, steps=2), str(tmp_path))  # released: runs
+      train_and_evaluate(tiny_config(tfds_data_dir, {"train.steps": 2}), str(tmp_path))
+  train_and_evaluate(tiny_config(tfds_data_dir, {"train.steps": 2}), str(tmp_path))  # released: runs
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_data_dir, tmp_path):
-  config = tiny_config(tfds_data_dir, steps=30)
+  config = tiny_config(tfds_data_dir, {"train.steps": 30})
   config.train.checkpoint_every, config.train.log_every = 1, 10
   config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e30, 0
   with pytest.raises(NonFiniteLoss, match=r"at step \d+"):
@@ -255,14 +251,16 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_data_dir, 
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params)), step
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_optimizer_state_is_a_clear_error(tfds_data_dir, tmp_path):
-  train_and_evaluate(tiny_config(tfds_data_dir, steps=2), str(tmp_path))
-  changed = tiny_config(tfds_data_dir, steps=4)
+  train_and_evaluate(tiny_config(tfds_data_dir, {"train.steps": 2}), str(tmp_path))
+  changed = tiny_config(tfds_data_dir, {"train.steps": 4})
   changed.optimizer.grad_clip = 0.0
   with pytest.raises(ConfigError, match="does not fit this config's train state"):
     train_and_evaluate(changed, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes(tfds_data_dir, tmp_path):
   workdir = tmp_path / "run"
   args = [sys.executable, "-m", "experiments.train", "--config=configs/default.py", f"--workdir={workdir}",
@@ -294,13 +292,9 @@ def test_sigterm_saves_and_the_run_resumes(tfds_data_dir, tmp_path):
   assert json.loads((workdir / "summary.json").read_text())["step"] == saved + 2
 
 
-@pytest.mark.parametrize("path", sorted(p for p in os.listdir(os.path.join(REPO, "configs"))
-                                        if p.endswith(".py") and p not in ("__init__.py",)))
-def test_every_config_file_validates(path):
-  import importlib
-
-  module = importlib.import_module(f"configs.{path[:-3]}")
-  for variant in getattr(module, "VARIANTS", (None,)):
-    config = module.get_config() if variant is None else module.get_config(variant)
+@pytest.mark.parametrize("name", config_files.names())
+def test_every_config_file_validates(name):
+  for variant in config_files.variants(name):
+    config = config_files.load(name, variant)
     errors = validation.validate(config, device_count=1, process_count=1)
-    assert not errors, (path, variant, errors)
+    assert not errors, (name, variant, errors)

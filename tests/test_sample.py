@@ -48,7 +48,7 @@ def _recomputed(model, params, prompt, max_new_tokens, temperature, top_k, seed)
     {},
     {"positions": "rope", "mask": "sliding_window", "window": 4},
     {"value_mode": "full", "num_kv_heads": 1, "positions": "sinusoidal"},
-    {"mask": "none"},  # sees later tokens: no cache, recomputes
+    pytest.param({"mask": "none"}, marks=pytest.mark.slow),  # sees later tokens: no cache, recomputes
 ], ids=["causal-learned", "sliding-rope", "full-value-mqa", "unmasked"])
 def test_cached_generation_equals_recomputing_every_step(changes):
   model, params = _model(**changes)

@@ -16,11 +16,10 @@ from ml_collections import ConfigDict
 from experiments import validation
 from experiments.sweeps import engine, space, studies
 from experiments.files import read_metrics
-from tests.helpers import postgres
+from tests.helpers import config_files, postgres
 from tests.helpers.sweeps import tiny_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEPS = os.path.join(REPO, "configs", "sweeps")
 
 
 def study_of(s: ConfigDict, sweepdir: str, storage: str | None = None) -> optuna.Study:
@@ -36,6 +35,7 @@ def logged_steps(trial_dir: str) -> list[int]:
   return [m["step"] for m in read_metrics(trial_dir) if "train/loss" in m]
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end_and_a_rerun_trains_nothing(tfds_data_dir, tmp_path):
   s = tiny_sweep(tfds_data_dir)
   counts = engine.run(s, str(tmp_path))
@@ -58,6 +58,7 @@ def test_tiny_sweep_end_to_end_and_a_rerun_trains_nothing(tfds_data_dir, tmp_pat
   assert {d: os.stat(os.path.join(p, "metrics.jsonl")).st_mtime_ns for d, p in dirs.items()} == before
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_others_finish(tfds_data_dir, tmp_path):
   s = tiny_sweep(tfds_data_dir, values=(3e-3, 1e30), path="optimizer.learning_rate")
   s.fixed.optimizer.end_learning_rate = 1e-5
@@ -86,6 +87,7 @@ def test_invalid_trials_are_reported_before_anything_runs(tmp_path):
   assert not (tmp_path / "sweep").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_a_trial_interrupted_in_process_is_requeued_and_resumed(tfds_data_dir, tmp_path, monkeypatch):
   from experiments import runner
 
@@ -123,6 +125,7 @@ def get_config():
 """
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tfds_data_dir, tmp_path):
   """SIGKILL the whole sweep mid-trial (no chance to save or record), then rerun the same sweep."""
   steps = 80
@@ -185,10 +188,12 @@ def _two_workers(s: ConfigDict, sweepdir: str, storage: str | None) -> None:
   assert counts.get("FAIL", 0) == 0 and counts.get("RUNNING", 0) == 0
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_sqlite_study(tfds_data_dir, tmp_path):
   _two_workers(tiny_sweep(tfds_data_dir, values=(1, 2, 4, 8)), str(tmp_path), None)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_postgresql_study(tfds_data_dir, tmp_path):
   pytest.importorskip("psycopg2", reason="psycopg2 (requirements-dev.txt) is not installed")
   if postgres.binaries() is None:
@@ -197,17 +202,14 @@ def test_two_workers_share_a_postgresql_study(tfds_data_dir, tmp_path):
     _two_workers(tiny_sweep(tfds_data_dir, values=(1, 2, 4, 8)), str(tmp_path), url)
 
 
-@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(SWEEPS) if f.endswith(".py")
-                                        and f not in ("__init__.py", "common.py")))
+@pytest.mark.parametrize("name", config_files.names("configs.sweeps"))
 def test_every_sweep_config_validates(name):
-  import importlib
-
-  module = importlib.import_module(f"configs.sweeps.{name}")
-  s = module.get_config()  # the CPU scale: every trial's config validates, and every trial has its own id
+  s = config_files.load(name, None, "configs.sweeps")  # the CPU scale: every trial validates, with its own id
   assert space.validate_trials(s, device_count=1) == [], name
   ids = [space.trial_id(s, space.overrides_of(s, p)) for p in space.grid_points(s)]
   assert len(set(ids)) == len(ids)
-  for scale in module.VARIANTS:  # other scales: the sweep itself and its first trial (each point costs a model)
-    s = module.get_config(scale)
+  # Other scales: the sweep itself and its first trial (each point costs a model).
+  for scale in config_files.variants(name, "configs.sweeps"):
+    s = config_files.load(name, scale, "configs.sweeps")
     first = space.trial_config(s, space.grid_points(s)[0])
     assert space.check_sweep(s) + validation.validate(first, device_count=1, process_count=1) == [], scale

@@ -54,6 +54,7 @@ def char_run(tfds_data_dir, corpus, tmp_path_factory) -> str:
   return workdir
 
 
+@pytest.mark.slow
 def test_a_char_run_learns_and_reports_bits_per_character(char_run):
   final = [m for m in read_metrics(char_run) if "eval/loss" in m][-1]
   vocab = tokenizers.load_from_workdir(char_run).vocab_size
@@ -63,12 +64,14 @@ def test_a_char_run_learns_and_reports_bits_per_character(char_run):
   assert final["eval/bits_per_byte"] == pytest.approx(final["eval/bits_per_char"], rel=1e-5)  # ASCII
 
 
+@pytest.mark.slow
 def test_the_run_keeps_its_tokenizer(char_run, corpus):
   saved = tokenizers.load_from_workdir(char_run)
   with open(corpus, encoding="utf-8") as f:
     assert saved.alphabet == "".join(sorted(set(f.read()[: int(os.path.getsize(corpus) * 0.9)])))
 
 
+@pytest.mark.slow
 def test_sentencepiece_bits_per_character_count_the_characters(tfds_data_dir, corpus, tmp_path):
   summary = train_and_evaluate(text_config(tfds_data_dir, corpus, "sentencepiece", steps=10), str(tmp_path))
   final = summary["final"]
@@ -85,6 +88,7 @@ def test_sentencepiece_bits_per_character_count_the_characters(tfds_data_dir, co
   assert final["eval/bits_per_char"] < final["eval/loss"] / math.log(2)
 
 
+@pytest.mark.slow
 def test_text_runs_resume_bitwise(tfds_data_dir, corpus, tmp_path):
   straight = text_config(tfds_data_dir, corpus, steps=8)
   straight.optimizer.decay_steps = 8
@@ -98,6 +102,7 @@ def test_text_runs_resume_bitwise(tfds_data_dir, corpus, tmp_path):
   assert losses(str(tmp_path / "straight"))[-1][0] == 8
 
 
+@pytest.mark.slow
 def test_evaluate_reads_the_checkpoint_and_the_text(char_run):
   metrics = evaluate.evaluate(char_run)
   final = [m for m in read_metrics(char_run) if "eval/loss" in m][-1]
@@ -110,6 +115,7 @@ def _sample(workdir: str, *flags: str) -> subprocess.CompletedProcess:
                         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_sample_command_streams_the_same_text_for_the_same_seed(char_run):
   flags = ("--prompt=the cat", "--max_new_tokens=60", "--temperature=0.8", "--top_k=10")
   first, again = _sample(char_run, *flags, "--seed=3"), _sample(char_run, *flags, "--seed=3")
@@ -139,6 +145,7 @@ def test_bad_text_settings_are_one_line_errors_and_write_nothing(tfds_data_dir, 
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(os.path.join(SHAKESPEARE, "input.txt")),
                     reason="../shared/data/tinyshakespeare/input.txt is absent (a user's clone)")
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,

@@ -1,1 +1,2 @@
-"""Helper scripts and modules of the tests that start subprocesses (see tests/test_multi*.py)."""
+"""What the test modules share: the tiny run config, the config files, a tiny sweep, and the scripts and servers
+that the subprocess tests start (see tests/test_multi*.py and tests/test_sweep.py)."""

@@ -25,7 +25,7 @@ from absl import flags  # noqa: E402
 from experiments import build, checkpoint, runner, validation  # noqa: E402
 from experiments import train as train_cli  # noqa: E402  (defines the multi-host flags)
 from experiments.files import read_metrics  # noqa: E402
-from tests.helpers.tiny_config import tiny_config  # noqa: E402
+from tests.helpers.tiny_config import MESH, tiny_config  # noqa: E402
 
 # Parameters whose layout the tests check: `embed` goes to the fsdp axis, `heads` and `mlp` to tensor.
 LAYOUT_PATHS = ("block_0/attention/query", "block_0/mlp/up")
@@ -48,7 +48,7 @@ def train_losses(workdir: str) -> list[tuple[int, float]]:
 def main(runs: list[dict]) -> None:
   train_cli.initialize_distributed()
   for run in runs:
-    config = tiny_config(run["data_dir"], run.get("overrides", {}))
+    config = tiny_config(run["data_dir"], {**MESH, **run.get("overrides", {})})
     before = len(train_losses(run["workdir"])) if os.path.exists(run["workdir"]) else 0
     summary = runner.train_and_evaluate(config, run["workdir"])
     print("RESULT " + json.dumps({
