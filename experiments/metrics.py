@@ -95,10 +95,10 @@ class MetricWriter:
     for name, value in clean.items():
       self._tensorboard.add_scalar(name, value, int(step))
 
-  def write_image(self, step: int, name: str, image_HWC: np.ndarray) -> None:
-    """Records an RGB image (uint8 [H,W,3]) in TensorBoard."""
+  def write_image(self, step: int, name: str, rgb_image: np.ndarray) -> None:
+    """Records an RGB image (uint8, height x width x 3) in TensorBoard."""
     if self.enabled:
-      self._tensorboard.add_image(name, image_HWC, int(step), dataformats="HWC")
+      self._tensorboard.add_image(name, rgb_image, int(step), dataformats="HWC")
 
   def close(self) -> None:
     if self.enabled:

@@ -21,6 +21,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.files import CONFIG_FILE
 from transformer import ModelConfig, accounting, model_config_from
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/gpt3.py:175b.",
@@ -83,7 +84,7 @@ def _sections() -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
     return _CONFIG.value.model, None
   # --workdir: the config a run saved as DIR/config.json (the trainer writes it); its 0s ("from the data")
   # are resolved from its data section, as the trainer resolved them.
-  path = os.path.join(_WORKDIR.value, "config.json")
+  path = os.path.join(_WORKDIR.value, CONFIG_FILE)
   if not os.path.exists(path):
     raise app.UsageError(f"{path} does not exist: is --workdir a run's directory?")
   with open(path) as f:

@@ -126,13 +126,15 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
   if model is not None:
     known_vocab = datasets.known_vocab_size(d)
     check(known_vocab is None or model.vocab_size >= known_vocab,
-          f"model.vocab_size={model.vocab_size} is smaller than the data's {known_vocab} tokens: set 0 to follow the data")
+          f"model.vocab_size={model.vocab_size} is smaller than the data's {known_vocab} tokens: "
+          f"set 0 to follow the data")
     check(model.max_len >= d.seq_len,
           f"data.seq_len={d.seq_len} is longer than model.max_len={model.max_len} (the position table): "
           f"raise model.max_len or set it to 0")
 
   check(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be positive")
-  check(o.schedule in SCHEDULES, f"optimizer.schedule={o.schedule!r} is unknown: expected one of {', '.join(SCHEDULES)}")
+  check(o.schedule in SCHEDULES,
+        f"optimizer.schedule={o.schedule!r} is unknown: expected one of {', '.join(SCHEDULES)}")
   check(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0")
   check(o.decay_steps >= 0, f"optimizer.decay_steps={o.decay_steps} must be >= 0 (0 = train.steps)")
   check(o.warmup_steps <= (o.decay_steps or t.steps),
@@ -228,7 +230,7 @@ def _inspect_errors(section: ConfigDict, model: ModelConfig | None) -> list[str]
 def _sharding_errors(model: ModelConfig, mesh_shape: dict[str, int], rules: dict) -> list[str]:
   """Parameter axes whose size the mesh axes they are mapped to do not divide."""
   if not model.scan_layers:
-    # Unrolled blocks all have the same parameters: one is enough (tracing 96 took seconds per config).
+    # Unrolled blocks all have the same parameters: one is enough (tracing GPT-3's 96 is slow).
     model = dataclasses.replace(model, num_layers=1)
   abstract = jax.eval_shape(lambda: TransformerLM(model).init(jax.random.key(0), jax.numpy.zeros((1, 1), int)))
   errors = {}

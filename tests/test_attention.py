@@ -494,7 +494,8 @@ def test_attention_dropout_needs_deterministic_false_and_the_dropout_rng():
 
 
 @pytest.mark.slow
-@given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=2), inputs=st.lists(st.integers(1, 5), min_size=1, max_size=2),
+@given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=2),
+       inputs=st.lists(st.integers(1, 5), min_size=1, max_size=2),
        outputs=st.lists(st.integers(1, 4), min_size=1, max_size=3), seed=st.integers(0, 100))
 @settings(max_examples=25, deadline=None)
 def test_dense_and_its_gradients_equal_the_einsum_in_float64(lead, inputs, outputs, seed):

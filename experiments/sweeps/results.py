@@ -11,7 +11,8 @@ import math
 import os
 from typing import Any
 
-from experiments.files import CLAIM_FILE, METRICS_FILE, SUMMARY_FILE, TRIAL_FILE, is_locked, read_json, read_metrics
+from experiments.files import (CLAIM_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TRIAL_FILE, is_locked, read_json,
+                               read_metrics)
 
 EVAL_COLUMNS = ("eval/loss", "eval/accuracy")
 MAXIMIZED = ("eval/accuracy", "eval/sequence_accuracy")
@@ -38,7 +39,7 @@ def trial_row(trial_dir: str, paths: list[str]) -> dict[str, Any]:
   """One row of the table: the trial's status, swept values, final and best eval metrics, size, speed."""
   record = read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
   summary = read_json(os.path.join(trial_dir, SUMMARY_FILE))
-  config = read_json(os.path.join(trial_dir, "config.json")) or {}
+  config = read_json(os.path.join(trial_dir, CONFIG_FILE)) or {}
   metrics = read_metrics(trial_dir)
   row: dict[str, Any] = {"trial": record.get("id", os.path.basename(os.path.normpath(trial_dir))),
                          "status": _status(record, summary, trial_dir)}
