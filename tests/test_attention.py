@@ -20,7 +20,6 @@ from transformer import kernels
 from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
 from transformer.model import TransformerLM
-from transformer.ops import dense
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
 
@@ -491,40 +490,3 @@ def test_attention_dropout_needs_deterministic_false_and_the_dropout_rng():
   assert np.abs(np.asarray(dropped(1) - dropped(2))).max() > 1e-3
   with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
     module.apply({"params": p}, x, positions, deterministic=False)
-
-
-@pytest.mark.slow
-@given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=2),
-       inputs=st.lists(st.integers(1, 5), min_size=1, max_size=2),
-       outputs=st.lists(st.integers(1, 4), min_size=1, max_size=3), seed=st.integers(0, 100))
-@settings(max_examples=25, deadline=None)
-def test_dense_and_its_gradients_equal_the_einsum_in_float64(lead, inputs, outputs, seed):
-  """dense() (a 2-D matmul with its own VJP) against the einsum it stands for, computed in float64 NumPy."""
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(*lead, *inputs))
-  kernel = rng.normal(size=(*inputs, *outputs))
-  d_y = rng.normal(size=(*lead, *outputs))
-  letters = "abcdefgh"
-  lead_s, in_s, out_s = letters[:len(lead)], letters[2:2 + len(inputs)], letters[4:4 + len(outputs)]
-  spec = f"{lead_s}{in_s},{in_s}{out_s}->{lead_s}{out_s}"
-  y, vjp = jax.vjp(lambda a, b: dense(a, b, spec), jnp.asarray(x, jnp.float32),
-                   jnp.asarray(kernel, jnp.float32))
-  d_x, d_kernel = vjp(jnp.asarray(d_y, jnp.float32))
-  np.testing.assert_allclose(y, np.einsum(f"{lead_s}{in_s},{in_s}{out_s}->{lead_s}{out_s}", x, kernel), rtol=1e-5,
-                             atol=1e-5)
-  np.testing.assert_allclose(d_x, np.einsum(f"{lead_s}{out_s},{in_s}{out_s}->{lead_s}{in_s}", d_y, kernel),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(d_kernel, np.einsum(f"{lead_s}{in_s},{lead_s}{out_s}->{in_s}{out_s}", x, d_y),
-                             rtol=1e-5, atol=1e-5)
-
-
-def test_dense_rejects_a_kernel_of_other_inputs():
-  with pytest.raises(ValueError, match="does not start with the contracted axes"):
-    dense(jnp.zeros((2, 3)), jnp.zeros((4, 5)), "LD,DF->LF")
-
-
-@pytest.mark.parametrize("spec", ["LD,DF->FL", "LD,FD->LF", "LD,DF->LD", "BLD,DF->BLF", "LD,DL->LL", "L1,1F->LF"])
-def test_dense_rejects_an_einsum_it_does_not_compute(spec):
-  """dense() computes only einsums that keep x's leading axes and contract its trailing ones, at the given ranks."""
-  with pytest.raises(ValueError, match="dense: "):
-    dense(jnp.zeros((2, 3)), jnp.zeros((3, 5)), spec)

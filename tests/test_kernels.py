@@ -426,36 +426,3 @@ def test_chunked_backward_in_bfloat16_stays_close():
     assert np.all(np.isfinite(g))
     relative = np.linalg.norm(g - np.asarray(e)) / np.linalg.norm(np.asarray(e))
     assert relative < 3e-2, (name, relative)
-
-
-# 2**32: one flat index numbers every element; 2**11: the leading axis is hashed in on its own, as it
-# would be in masks of more than 2**32 elements.
-@pytest.mark.parametrize("flat_index_limit", [2**32, 2**11])
-def test_dropout_scale_drops_at_the_rate_independently_and_follows_the_key(flat_index_limit):
-  rate, shape = 0.2, (64, 32, 48)
-  draw = jax.jit(functools.partial(ops.dropout_scale, flat_index_limit=flat_index_limit), static_argnums=(1, 2))
-  scale = np.asarray(draw(jax.random.key(3), rate, shape))
-  dropped = scale == 0.0
-  tolerance = 5 * np.sqrt(rate * (1 - rate) / dropped.size)  # five binomial standard deviations
-  assert abs(dropped.mean() - rate) < tolerance
-  np.testing.assert_array_equal(scale[~dropped], np.float32(1 / (1 - rate)))
-  # Neighbours are dropped together as often as independent draws would be (rate^2), along each axis.
-  for axis in range(3):
-    both = np.logical_and(np.take(dropped, range(1, shape[axis]), axis), np.take(dropped, range(shape[axis] - 1), axis))
-    assert abs(both.mean() - rate**2) < 5 * np.sqrt(rate**2 * (1 - rate**2) / both.size)
-  np.testing.assert_array_equal(np.asarray(draw(jax.random.key(3), rate, shape)), scale)
-  other = np.asarray(draw(jax.random.key(4), rate, shape)) == 0.0
-  assert abs((other != dropped).mean() - 2 * rate * (1 - rate)) < 2 * tolerance
-  # Raw uint32 keys (jax.random.PRNGKey) work as typed ones.
-  legacy = np.asarray(draw(jax.random.PRNGKey(3), rate, shape))
-  assert abs((legacy == 0.0).mean() - rate) < tolerance
-
-
-@pytest.mark.parametrize("shape, flat_index_limit", [((3, 5, 8, 16), 2**32), ((3, 5, 8, 16), 128),
-                                                     ((3, 5, 8, 16), 16), ((7,), 7)])
-def test_element_counters_tell_every_element_apart(shape, flat_index_limit):
-  counters = [np.asarray(c).ravel() for c in ops.element_counters(shape, flat_index_limit)]
-  assert all(c.dtype == np.uint32 and c.max() < flat_index_limit for c in counters)
-  assert len(set(zip(*counters))) == int(np.prod(shape))
-  with pytest.raises(ValueError, match="axis of more than 4"):
-    ops.element_counters((3, 5), flat_index_limit=4)
