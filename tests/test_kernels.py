@@ -1,9 +1,11 @@
 """Tests of transformer/kernels.py's forward passes: chunked and auto against the reference kernel, in float32
-and bfloat16, and auto's fallbacks to the chunked kernel.
+and bfloat16, and auto's fallbacks to the chunked kernel, each said once.
 
 The backward passes are tested in test_kernels_backward.py, the query tiles in test_kernels_query_tiles.py,
 fully masked rows in test_kernels_masked_rows.py, attention dropout in test_kernels_dropout.py.
 """
+
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +109,31 @@ def test_auto_falls_back_to_chunked_dropout():
   np.testing.assert_array_equal(got, expected)
   no_dropout, _ = reference(q, k, v, q_pos, k_pos, None, None, spec=spec, scale=0.5)
   assert np.abs(np.asarray(got - no_dropout)).max() > 1e-3
+
+
+def test_auto_says_once_why_it_falls_back(caplog):
+  # The README: auto "falls back to chunked, and says so once". Once per reason, not per trace: a model of many
+  # layers, traced again at each new shape, logs one line that names the reason.
+  kernels._log_fallback_once.cache_clear()  # earlier tests in this process may have said it already
+  spec = MaskSpec("causal")
+
+  def trace(length, value_dim, dropout_rate):
+    q, k, v = random_qkv(0, 1, length, length, 2, 1, key_dim=4, value_dim=value_dim)
+    q_pos, k_pos = positions_for(1, length, length)
+    jax.eval_shape(lambda q, k, v: kernels.auto_attention(q, k, v, spec, q_pos, k_pos, scale=0.5, chunk_size=2,
+                                                          dropout_rate=dropout_rate, dropout_rng=jax.random.key(0),
+                                                          contiguous=True), q, k, v)
+
+  with caplog.at_level(logging.WARNING):
+    for length in (3, 4, 5):  # a new shape is a new trace
+      trace(length, value_dim=6, dropout_rate=0.0)
+      trace(length, value_dim=4, dropout_rate=0.5)
+      trace(length, value_dim=4, dropout_rate=0.0)  # no fallback: nothing to say
+  messages = [record.getMessage() for record in caplog.records if "attention_impl='auto'" in record.getMessage()]
+  assert len(messages) == 2, messages
+  assert "falls back to the chunked kernel" in messages[0] and "falls back to the chunked kernel" in messages[1]
+  assert "value width 6 differs from key width 4" in messages[0], messages
+  assert "no attention dropout" in messages[1], messages
 
 
 # ----------------------------------------------------------------------------------------------
