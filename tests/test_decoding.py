@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("fast_compilation")
 MAX_LEN = 8
 
 
-def tiny_config(**overrides) -> ModelConfig:
+def decoding_model_config(**overrides) -> ModelConfig:
+  """Two layers of width 8 with four heads over 13 tokens, chunks of 3 keys; each test passes what it changes."""
   fields = dict(vocab_size=13, max_len=MAX_LEN, num_layers=2, d_model=8, num_heads=4, chunk_size=3)
   fields.update(overrides)
   return ModelConfig(**fields)
@@ -52,7 +53,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_prefill_then_one_token_at_a_time_equals_full_forward(name):
-  c = tiny_config(**CASES[name])
+  c = decoding_model_config(**CASES[name])
   model = TransformerLM(c)
   params = random_params(c, seed=1)
   tokens = jnp.asarray(np.random.RandomState(2).randint(0, c.vocab_size, (2, MAX_LEN)))
@@ -77,7 +78,7 @@ def test_prefill_then_one_token_at_a_time_equals_full_forward(name):
 
 def test_feeding_several_tokens_per_step_and_a_short_cache():
   # Steps of 3, 2 and 1 tokens into a cache of 6 < max_len slots.
-  c = tiny_config(mask="sliding_window", window=2, positions="rope", num_kv_heads=2)
+  c = decoding_model_config(mask="sliding_window", window=2, positions="rope", num_kv_heads=2)
   model = TransformerLM(c)
   params = random_params(c, seed=3)
   tokens = jnp.asarray(np.random.RandomState(4).randint(0, c.vocab_size, (1, 6)))
@@ -94,7 +95,7 @@ def test_feeding_several_tokens_per_step_and_a_short_cache():
 
 
 def test_decoding_in_bfloat16_stays_close_to_the_forward_pass():
-  c = tiny_config(dtype="bfloat16", positions="rope")
+  c = decoding_model_config(dtype="bfloat16", positions="rope")
   model = TransformerLM(c)
   params = random_params(c, seed=5)
   tokens = jnp.asarray(np.random.RandomState(6).randint(0, c.vocab_size, (1, 5)))
@@ -115,7 +116,7 @@ def test_decoding_in_bfloat16_stays_close_to_the_forward_pass():
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_init_cache_shapes_and_zeros(scan_layers):
-  c = tiny_config(num_kv_heads=2, value_rank=3, scan_layers=scan_layers, num_layers=3)
+  c = decoding_model_config(num_kv_heads=2, value_rank=3, scan_layers=scan_layers, num_layers=3)
   cache = init_cache(TransformerLM(c), batch_size=2)
   # Keys [B,M,G,K]; values [B,M,G,R]: a factored value map caches its rank-R value-down outputs.
   if scan_layers:
@@ -134,7 +135,7 @@ def test_init_cache_shapes_and_zeros(scan_layers):
 
 
 def test_full_value_mode_caches_d_wide_values():
-  c = tiny_config(value_mode="full", num_kv_heads=1)
+  c = decoding_model_config(value_mode="full", num_kv_heads=1)
   cache = init_cache(TransformerLM(c), batch_size=1)
   assert cache["block_0"]["attention"]["cached_value"].shape == (1, MAX_LEN, 1, c.d_model)
 
@@ -142,17 +143,17 @@ def test_full_value_mode_caches_d_wide_values():
 @pytest.mark.parametrize("length", [0, MAX_LEN + 1])
 def test_init_cache_rejects_bad_lengths(length):
   with pytest.raises(ValueError, match="cache length"):
-    init_cache(TransformerLM(tiny_config()), batch_size=1, length=length)
+    init_cache(TransformerLM(decoding_model_config()), batch_size=1, length=length)
 
 
 def test_decoding_needs_a_causal_mask():
-  model = TransformerLM(tiny_config(mask="none"))
+  model = TransformerLM(decoding_model_config(mask="none"))
   with pytest.raises(ValueError, match="decoding needs a mask"):
     init_cache(model, batch_size=1)
 
 
 def test_decoding_rejects_segment_ids():
-  c = tiny_config()
+  c = decoding_model_config()
   model = TransformerLM(c)
   params = random_params(c, seed=7)
   cache = init_cache(model, batch_size=1)

@@ -1,5 +1,5 @@
-"""Tests of transformer/model.py and transformer/config.py: scanned equals unrolled, jit equals eager,
-bfloat16, dropout, packed sequences, and the validation of ModelConfig."""
+"""Tests of transformer/model.py: scanned equals unrolled, jit equals eager, bfloat16, dropout, packed sequences,
+the parameter tree and its initialization. ModelConfig's validation is tested in test_model_config.py."""
 
 import contextlib
 import dataclasses
@@ -12,9 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
-from ml_collections import config_dict
 
-from transformer.config import ModelConfig, model_config_from
+from transformer.config import ModelConfig
 from transformer.model import Dropout, LayerNorm, TransformerLM
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
@@ -22,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("fast_compilation")
 BATCH, LENGTH = 2, 6
 
 
-def tiny_config(**overrides) -> ModelConfig:
+def small_model_config(**overrides) -> ModelConfig:
+  """Two layers of width 8 with two heads over 11 tokens; each test passes what it changes."""
   fields = dict(vocab_size=11, max_len=8, num_layers=2, d_model=8, num_heads=2, chunk_size=4)
   fields.update(overrides)
   return ModelConfig(**fields)
@@ -84,7 +84,7 @@ def _shapes(tree):
 def test_scan_layers_equals_unrolled(overrides):
   overrides = dict(overrides)
   remat_policy = overrides.pop("remat_policy", "none")  # only scanned layers take one
-  unrolled = tiny_config(**overrides)
+  unrolled = small_model_config(**overrides)
   scanned = dataclasses.replace(unrolled, scan_layers=True, remat_policy=remat_policy)
   params = random_params(unrolled, seed=1)
   scanned_params = to_scanned(params, unrolled.num_layers)
@@ -98,7 +98,7 @@ def test_scan_layers_equals_unrolled(overrides):
 
 
 def test_scan_layers_gradients_equal_unrolled_with_remat():
-  unrolled = tiny_config(num_kv_heads=1)
+  unrolled = small_model_config(num_kv_heads=1)
   scanned = dataclasses.replace(unrolled, scan_layers=True, remat_policy="dots_no_batch")
   params = random_params(unrolled, seed=3)
   tokens = random_tokens(4, unrolled)
@@ -127,7 +127,7 @@ def test_dot_remat_policies_keep_the_projection_outputs(policy, keeps_projection
 
 
 def test_residual_stream_is_sown_per_block():
-  c = tiny_config()
+  c = small_model_config()
   params = random_params(c)
   tokens = random_tokens(5, c)
   logits, state = TransformerLM(c).apply({"params": params}, tokens, mutable=["intermediates"])
@@ -144,7 +144,7 @@ def test_residual_stream_is_sown_per_block():
 
 
 def test_jit_equals_eager():
-  c = tiny_config(positions="rope", num_kv_heads=1, mask="prefix", prefix_length=2)
+  c = small_model_config(positions="rope", num_kv_heads=1, mask="prefix", prefix_length=2)
   params = random_params(c, seed=6)
   tokens = random_tokens(7, c)
   eager = TransformerLM(c).apply({"params": params}, tokens)
@@ -155,7 +155,7 @@ def test_jit_equals_eager():
 
 
 def test_bfloat16_runs_and_stays_close():
-  c32 = tiny_config(num_kv_heads=1, positions="rope")
+  c32 = small_model_config(num_kv_heads=1, positions="rope")
   c16 = dataclasses.replace(c32, dtype="bfloat16")
   params = random_params(c32, seed=8)
   tokens = random_tokens(9, c32)
@@ -180,7 +180,7 @@ def test_bfloat16_runs_and_stays_close():
   cosine = sum(float(jnp.vdot(a, b)) for a, b in zip(flat16, flat32)) / (
       np.sqrt(sum(float(jnp.vdot(a, a)) for a in flat16)) * np.sqrt(sum(float(jnp.vdot(b, b)) for b in flat32)))
   assert cosine > 0.99, cosine
-  # The chunked kernel in bfloat16 too (its backward pass in bfloat16 is tested in test_kernels.py).
+  # The chunked kernel in bfloat16 too (its backward pass in bfloat16 is tested in test_kernels_backward.py).
   chunked16 = forward(dataclasses.replace(c16, attention_impl="chunked"))(params, tokens)
   relative = np.linalg.norm(np.asarray(chunked16 - logits32)) / np.linalg.norm(np.asarray(logits32))
   assert relative < 3e-2, relative
@@ -191,7 +191,7 @@ def test_bfloat16_runs_and_stays_close():
 
 
 def test_dropout_only_with_deterministic_false_and_the_dropout_rng():
-  c = tiny_config(dropout_rate=0.3, attention_dropout_rate=0.3)
+  c = small_model_config(dropout_rate=0.3, attention_dropout_rate=0.3)
   params = random_params(c, seed=10)
   tokens = random_tokens(11, c)
 
@@ -203,7 +203,7 @@ def test_dropout_only_with_deterministic_false_and_the_dropout_rng():
   # deterministic=True (the default) ignores the rates, with or without an RNG.
   with_rng = TransformerLM(c).apply({"params": params}, tokens, rngs={"dropout": jax.random.key(0)})
   np.testing.assert_allclose(with_rng, plain, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(plain, forward(tiny_config())(params, tokens), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(plain, forward(small_model_config())(params, tokens), rtol=1e-6, atol=1e-6)
   a, b, other = run(params, jax.random.key(1)), run(params, jax.random.key(1)), run(params, jax.random.key(2))
   np.testing.assert_array_equal(a, b)
   assert np.abs(np.asarray(a - plain)).max() > 1e-2
@@ -216,8 +216,8 @@ def test_dropout_only_with_deterministic_false_and_the_dropout_rng():
 def test_every_dropout_call_draws_its_own_mask(scan_layers):
   # Embeddings, then each layer's attention and MLP branches: 5 masks, all different; under nn.scan too,
   # where the layers must not share the 'dropout' RNG.
-  c = tiny_config(dropout_rate=0.5, scan_layers=scan_layers)
-  params = random_params(tiny_config(), seed=19)
+  c = small_model_config(dropout_rate=0.5, scan_layers=scan_layers)
+  params = random_params(small_model_config(), seed=19)
   if scan_layers:
     params = to_scanned(params, c.num_layers)
   tokens = random_tokens(20, c)
@@ -244,7 +244,7 @@ def test_every_dropout_call_draws_its_own_mask(scan_layers):
 
 @pytest.mark.parametrize("field", ["dropout_rate", "attention_dropout_rate"])
 def test_each_dropout_rate_acts_alone(field):
-  c = tiny_config(**{field: 0.5})
+  c = small_model_config(**{field: 0.5})
   params = random_params(c, seed=12)
   tokens = random_tokens(13, c)
   plain = TransformerLM(c).apply({"params": params}, tokens)
@@ -254,7 +254,7 @@ def test_each_dropout_rate_acts_alone(field):
 
 
 def test_zero_rates_need_no_rng_even_when_not_deterministic():
-  c = tiny_config()
+  c = small_model_config()
   params = random_params(c, seed=14)
   tokens = random_tokens(15, c)
   np.testing.assert_array_equal(TransformerLM(c).apply({"params": params}, tokens, deterministic=False),
@@ -269,7 +269,7 @@ def test_zero_rates_need_no_rng_even_when_not_deterministic():
 def test_packed_sequences_equal_separate_sequences(impl):
   # Two sequences packed in one row (segment ids, positions restarting) give the logits each gets alone.
   # (attention_impl "auto" with segments is tested in test_attention.py.)
-  c = tiny_config(attention_impl=impl, mask="prefix", prefix_length=2, num_kv_heads=1)
+  c = small_model_config(attention_impl=impl, mask="prefix", prefix_length=2, num_kv_heads=1)
   params = random_params(c, seed=16)
   separate = random_tokens(17, c, 2, 4)
   packed = separate.reshape(1, 8)
@@ -290,22 +290,22 @@ def test_packed_sequences_equal_separate_sequences(impl):
 
 
 def test_parameter_tree():
-  tied = param_shapes(tiny_config())
+  tied = param_shapes(small_model_config())
   assert set(tied) == {"embed", "position_embedding", "block_0", "block_1", "final_norm"}
   assert set(tied["block_0"]) == {"attention", "attention_norm", "mlp", "mlp_norm"}
   assert tied["position_embedding"].shape == (8, 8)
   assert tied["block_0"]["mlp"]["up"].shape == (8, 32)
-  untied = param_shapes(tiny_config(tie_embeddings=False, post_ln=True, positions="rope", use_bias=False))
+  untied = param_shapes(small_model_config(tie_embeddings=False, post_ln=True, positions="rope", use_bias=False))
   assert set(untied) == {"embed", "unembed", "block_0", "block_1"}  # post-LN: no final norm
   assert untied["unembed"].shape == (8, 11)
   assert set(untied["block_0"]["mlp"]) == {"up", "down"}
   assert set(untied["block_0"]["attention_norm"]) == {"scale"}
-  scanned = param_shapes(tiny_config(scan_layers=True, num_layers=3))
+  scanned = param_shapes(small_model_config(scan_layers=True, num_layers=3))
   assert scanned["blocks"]["block"]["attention"]["query"].shape == (3, 8, 2, 4)
 
 
 def test_init_scales_and_independent_scanned_layers():
-  c = tiny_config(d_model=32, num_heads=2, num_layers=2, scan_layers=True, init_std=0.05)
+  c = small_model_config(d_model=32, num_heads=2, num_layers=2, scan_layers=True, init_std=0.05)
   variables = jax.jit(TransformerLM(c).init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
   params = nn.unbox(variables["params"])
   block = params["blocks"]["block"]
@@ -320,97 +320,3 @@ def test_init_scales_and_independent_scanned_layers():
   # Logical axis names for sharding: the scanned layer axis comes first.
   boxed = variables["params"]["blocks"]["block"]["attention"]["query"]
   assert tuple(boxed.names) == ("layers", "embed", "heads", "head_dim")
-
-
-# ----------------------------------------------------------------------------------------------
-# ModelConfig
-
-
-def test_derived_sizes():
-  c = ModelConfig(vocab_size=10, max_len=16, d_model=64, num_heads=8)
-  assert (c.kv_heads, c.key_dim, c.value_dim, c.hidden_dim) == (8, 8, 8, 256)
-  assert c.scale == pytest.approx(1 / np.sqrt(8))
-  assert c.is_causal
-  c = dataclasses.replace(c, num_heads=4, num_kv_heads=2, value_rank=3, mlp_dim=10, score_scale="none", mask="none")
-  assert (c.kv_heads, c.key_dim, c.value_dim, c.hidden_dim, c.scale) == (2, 16, 3, 10, 1.0)
-  assert not c.is_causal
-  c = dataclasses.replace(c, value_mode="full", value_rank=None, head_dim=5, score_scale=0.25)
-  assert (c.key_dim, c.value_dim, c.scale) == (5, 64, 0.25)
-  assert ModelConfig(vocab_size=10, max_len=16, score_scale="0.125").scale == 0.125
-
-
-@pytest.mark.parametrize(
-    "overrides, field",
-    [
-        (dict(vocab_size=0), "vocab_size"),
-        (dict(max_len=-1), "max_len"),
-        (dict(num_layers=0), "num_layers"),
-        (dict(d_model=2.5), "d_model"),
-        (dict(num_heads=True), "num_heads"),
-        (dict(chunk_size=0), "chunk_size"),
-        (dict(num_kv_heads=0), "num_kv_heads"),
-        (dict(head_dim=-4), "head_dim"),
-        (dict(value_rank=0), "value_rank"),
-        (dict(mlp_dim=0), "mlp_dim"),
-        (dict(num_heads=3), "num_heads"),  # 128 is not a multiple of 3
-        (dict(num_kv_heads=3), "num_kv_heads"),  # does not divide 4
-        (dict(num_kv_heads=8), "num_kv_heads"),  # more kv heads than heads
-        (dict(mask="bidirectional"), "mask"),
-        (dict(value_mode="low_rank"), "value_mode"),
-        (dict(positions="alibi"), "positions"),
-        (dict(attention_impl="flash"), "attention_impl"),
-        (dict(dtype="float16"), "dtype"),
-        (dict(remat_policy="everything", scan_layers=True), "remat_policy"),
-        (dict(remat_policy="full"), "remat_policy"),  # needs scan_layers
-        (dict(value_mode="full", value_rank=4), "value_rank"),
-        (dict(mask="sliding_window"), "window"),  # window 0
-        (dict(mask="sliding_window", window=-1), "window"),
-        (dict(window=3), "window"),  # only for sliding_window
-        (dict(mask="prefix"), "prefix_length"),  # prefix_length 0
-        (dict(mask="prefix", prefix_length=65), "prefix_length"),  # > max_len
-        (dict(prefix_length=2), "prefix_length"),  # only for prefix
-        (dict(score_scale="sqrt"), "score_scale"),
-        (dict(score_scale=0.0), "score_scale"),
-        (dict(score_scale=-1.0), "score_scale"),
-        (dict(score_scale=float("inf")), "score_scale"),
-        (dict(positions="rope", head_dim=5), "head_dim"),  # rope rotates pairs
-        (dict(dropout_rate=1.0), "dropout_rate"),
-        (dict(dropout_rate=-0.1), "dropout_rate"),
-        (dict(attention_dropout_rate=1.5), "attention_dropout_rate"),
-        (dict(layer_norm_epsilon=0.0), "layer_norm_epsilon"),
-        (dict(init_std=-1.0), "init_std"),
-        (dict(rope_base=1.0), "rope_base"),
-    ],
-)
-def test_invalid_config_raises_naming_the_field(overrides, field):
-  fields = dict(vocab_size=10, max_len=64)
-  fields.update(overrides)
-  # The message starts "model.<field>=" (one check names three fields: "model.a/b/c=").
-  with pytest.raises(ValueError, match=rf"^model\.([a-z_]+/)*{field}(/[a-z_]+)*="):
-    ModelConfig(**fields)
-
-
-def test_valid_edge_configs():
-  ModelConfig(vocab_size=1, max_len=1, num_layers=1, d_model=1, num_heads=1)
-  ModelConfig(vocab_size=10, max_len=8, mask="prefix", prefix_length=8)
-  ModelConfig(vocab_size=10, max_len=8, num_heads=4, num_kv_heads=1, positions="rope")
-  ModelConfig(vocab_size=10, max_len=8, d_model=10, num_heads=3, head_dim=4)  # head_dim set: D % H is free
-
-
-def test_model_config_from_mapping_and_config_dict():
-  section = {"vocab_size": 10, "max_len": 16, "num_heads": 2, "num_kv_heads": None}
-  assert model_config_from(section) == ModelConfig(vocab_size=10, max_len=16, num_heads=2)
-  cd = config_dict.ConfigDict({"vocab_size": 10, "max_len": 16, "mask": "sliding_window", "window": 4})
-  cd.num_kv_heads = config_dict.placeholder(int)
-  assert model_config_from(cd) == ModelConfig(vocab_size=10, max_len=16, mask="sliding_window", window=4)
-
-
-def test_model_config_from_rejects_unknown_and_missing_keys():
-  with pytest.raises(ValueError, match=r"model\.num_head is not a model setting"):
-    model_config_from({"vocab_size": 10, "max_len": 16, "num_head": 2})
-  with pytest.raises(ValueError, match=r"model\.vocab_size is required"):
-    model_config_from({"max_len": 16})
-  with pytest.raises(ValueError, match=r"model\.max_len is required"):
-    model_config_from({"vocab_size": 3, "max_len": None})
-  with pytest.raises(ValueError, match=r"model\.mask="):
-    model_config_from({"vocab_size": 3, "max_len": 4, "mask": "diagonal"})
