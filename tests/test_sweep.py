@@ -336,7 +336,7 @@ def test_workers_die_with_a_killed_parent_and_a_rerun_resumes_their_trials(tfds_
   stopped = study_of(s, str(sweepdir)).get_trials(states=(optuna.trial.TrialState.FAIL,))
   # The victim's worker got SIGTERM in its training loop: it saved a checkpoint and requeued the trial itself.
   reasons = {t.user_attrs["trial_id"]: t.user_attrs["interrupted"] for t in stopped}
-  assert reasons.get(victim, "").startswith("stopped by SIGTERM"), (reasons, output)
+  assert reasons.get(victim, "").startswith("stopped by SIGTERM"), f"{victim} trained on as an orphan: {reasons}"
   assert engine.run(s, str(sweepdir)) == {"COMPLETE": 2, "FAIL": len(stopped)}
   rows = {row["trial"]: row for row in results.collect(str(sweepdir))[0]}
   for t in stopped:
