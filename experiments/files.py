@@ -14,7 +14,7 @@ from typing import IO, Any
 
 CONFIG_FILE = "config.json"  # the run's resolved config, written before it trains
 SUMMARY_FILE = "summary.json"  # the run's result, written once it ends
-METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, appended by the run
+METRICS_FILE = "metrics.jsonl"  # JSON objects appended by the run as it logs; read it with read_metrics
 TRIAL_FILE = "trial.json"  # written by the sweep in each trial's workdir: status, parameters, error
 CLAIM_FILE = ".claim"  # locked by the sweep process that trains the trial, so the report can tell it lives
 
@@ -37,12 +37,76 @@ def read_json(path: str) -> dict | None:
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
-  """Reads a run's metrics.jsonl back (for reports and tests)."""
+  """A run's metrics.jsonl as one row per step, in step order, as the step's last attempt logged it.
+
+  A step logs a few rows (train, eval, probes; their keys differ), merged here into one. A resumed run logs
+  again the steps after its checkpoint that the stopped one had logged: a row whose step is below the previous
+  row's, or that repeats a key of its step, starts a new attempt, and every row the earlier ones wrote from that
+  step on is dropped. What a kill cut short mid-line is skipped. Reports, tests and benchmarks read the
+  file through this function.
+
+  Args:
+    workdir: the run's workdir (or a sweep trial's).
+
+  Returns:
+    {"step": step, metric: value, ...} for each step logged, in step order (empty if nothing was logged).
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
+  by_step: dict[int, dict[str, float]] = {}
+  last_step = None
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      if not line.strip():
+        continue
+      row = _metrics_row(line)
+      if row is None:
+        continue
+      step = row["step"]
+      rewritten = step in by_step and not by_step[step].keys().isdisjoint(k for k in row if k != "step")
+      if rewritten or (last_step is not None and step < last_step):
+        by_step = {s: r for s, r in by_step.items() if s < step}
+      by_step.setdefault(step, {}).update(row)
+      last_step = step
+  return list(by_step.values())  # in step order: a step below the last one logged drops every step after it
+
+
+def last_write_time(workdir: str) -> float:
+  """When a run last wrote into workdir: the latest modification time of its files and its checkpoints/ (0 if none).
+
+  The claim is left out: whoever checks a trial's lock creates it.
+
+  metrics.jsonl changes at every log and checkpoints/ at every save, so for a run whose process died this is
+  about when it stopped (a lower bound: it ran on until its next log or save).
+  """
+  latest = 0.0
+  for directory in (workdir, os.path.join(workdir, "checkpoints")):
+    try:
+      names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+      continue
+    for name in names:
+      if name == CLAIM_FILE:
+        continue
+      with contextlib.suppress(FileNotFoundError):  # a checkpoint being renamed or removed by its writer
+        latest = max(latest, os.stat(os.path.join(directory, name)).st_mtime)
+  return latest
+
+
+def _metrics_row(line: str) -> dict[str, float] | None:
+  """One line of metrics.jsonl; for a line a kill cut short, the next attempt's row appended to it, or None."""
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError:
+    # Every row starts with its step (MetricWriter.write): the last such start is the appended row, if any.
+    start = line.rfind('{"step": ', 1)
+    if start < 0:
+      return None
+    try:
+      return json.loads(line[start:])
+    except json.JSONDecodeError:
+      return None
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""The host process of a run: malloc settings applied once at start-up, the heap guard, and preemption signals.
+"""The host process of a run: malloc settings applied once at start-up, the heap guard, preemption signals, and a
+sweep worker's tie to its parent.
 
 Light on purpose (no JAX at import): the sweep imports it before its workers start JAX.
 """
@@ -53,6 +54,34 @@ def keep_freed_memory(one_heap: bool = False) -> bool:
   if refused:
     logging.info("malloc settings not all applied (mallopt refused parameters %s)", refused)
   return not refused
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> bool:
+  """Asks the kernel to send `sig` to this process when its parent dies (Linux prctl PR_SET_PDEATHSIG).
+
+  A sweep's worker calls it first thing, so that a parent killed with SIGKILL, which cannot pass the signal
+  on, still stops its workers: SIGTERM makes a training worker save a checkpoint and requeue its trial. If the
+  parent died before the call, the process sends itself `sig` at once.
+
+  Args:
+    parent_pid: the pid of the parent that started this process (os.getppid() no longer tells once it died).
+    sig: the signal to receive.
+
+  Returns:
+    True if armed; False where prctl is missing (not Linux): there a worker outlives a killed parent.
+  """
+  try:
+    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+  except (OSError, AttributeError, TypeError):
+    return False
+  if prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+    return False
+  if os.getppid() != parent_pid:  # the parent died before the call: the kernel will not send it now
+    os.kill(os.getpid(), sig)
+  return True
 
 
 def estimated_step_temporaries(config: ConfigDict) -> int:

@@ -14,7 +14,12 @@ What makes a rerun of the same command safe:
     and enqueued again with the same parameters: the rerun resumes it from its checkpoints.
   - A point whose workdir holds a completed summary.json is recorded from it without training again.
   - A trial that raises is recorded as FAIL with its error (user attribute `error`); the sweep goes on.
+  - The workers are spawned processes that get SIGTERM when the command dies, even by SIGKILL (Linux), so
+    they save their trials' checkpoints and stop instead of training on as orphans.
 Interrupted trials do not count towards `num_trials`; failed ones are retried only with --retry_failed.
+The command prints the study's counts by state and exits 0 once the sweep is finished; 3, with one line
+saying which, when its workers ended with trials unfinished (training in another process, or in none); 130
+when a signal stopped it; 2 for an invalid sweep.
 
 The engine is experiments/sweeps/ (engine, studies, trials, space). Importing this command loads Optuna, not
 JAX: JAX and flax come in when the trials' configs are validated and when a worker trains.
@@ -44,6 +49,10 @@ def main(argv):
   except engine.SweepError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+  except engine.Unfinished as error:
+    print(json.dumps(error.counts))
+    print(f"not finished: {error}", file=sys.stderr)
+    sys.exit(3)
   except KeyboardInterrupt:
     print("interrupted: rerun the same command to resume", file=sys.stderr)
     sys.exit(130)

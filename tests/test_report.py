@@ -1,4 +1,5 @@
-"""Tests of experiments.report on a finished sweep, a sweep still running, and a single run's workdir."""
+"""Tests of experiments.report on a finished sweep, a sweep still running, and a single run's workdir, and of the
+files it reads (metrics.jsonl after a resume, the attempts of a resumed trial)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import sys
 
 import pytest
 
+from experiments.files import read_metrics
 from experiments.runner import train_and_evaluate
-from experiments.sweeps import engine, report
+from experiments.sweeps import engine, report, results
 from experiments.sweeps.space import load_config_file
 from tests.helpers.sweeps import tiny_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,7 @@ def assert_png(path: str) -> None:
   assert os.path.getsize(path) > 2000, path  # a drawn figure, not an empty canvas
 
 
+@pytest.mark.slow
 def test_report_of_a_finished_sweep(finished_sweep, tmp_path):
   sweepdir = shutil.copytree(finished_sweep, tmp_path / "sweep")
   result = report.report(str(sweepdir))
@@ -61,6 +63,7 @@ def test_report_of_a_finished_sweep(finished_sweep, tmp_path):
       assert_png(os.path.join(sweepdir, name))
 
 
+@pytest.mark.slow
 def test_report_of_a_sweep_still_running(finished_sweep, tmp_path):
   """A trial in progress (its claim held, no summary yet) and one whose process died (claim free)."""
   sweepdir = shutil.copytree(finished_sweep, tmp_path / "sweep")
@@ -87,6 +90,7 @@ def test_report_of_a_sweep_still_running(finished_sweep, tmp_path):
   assert_png(os.path.join(sweepdir, "loss_curves.png"))
 
 
+@pytest.mark.slow
 def test_report_of_a_single_run_from_the_command_line(tfds_data_dir, tmp_path):
   s = tiny_sweep(tfds_data_dir, steps=3)
   config = load_config_file("configs/default.py")
@@ -100,3 +104,44 @@ def test_report_of_a_single_run_from_the_command_line(tfds_data_dir, tmp_path):
   assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["step"] == "3"
   assert "1 trials (1 completed)" in result.stdout
   assert_png(str(tmp_path / "loss_curves.png"))
+
+
+def test_read_metrics_keeps_one_row_per_step_as_the_last_attempt_wrote_it(tmp_path):
+  """A run logged steps 1-4 (an eval row at 2, killed mid-write of 5) and resumed from its checkpoint at 2; that
+  attempt logged 3 and 4 (an eval at 4) and was resumed from 3, which logs 4 again: no new step, a repeated key."""
+  first = [{"step": 1, "train/loss": 11.0}, {"step": 2, "train/loss": 12.0}, {"step": 2, "eval/loss": 9.0},
+           {"step": 3, "train/loss": 13.0}, {"step": 4, "train/loss": 14.0}]
+  second = [{"step": 3, "train/loss": 23.0}, {"step": 4, "train/loss": 24.0}, {"step": 4, "eval/loss": 7.0}]
+  third = [{"step": 4, "train/loss": 34.0}, {"step": 5, "train/loss": 35.0}]
+  with open(tmp_path / "metrics.jsonl", "w", encoding="utf-8") as f:
+    f.write("".join(json.dumps(row) + "\n" for row in first) + '{"step": 5, "train/lo')  # the kill cut this line
+    f.write("".join(json.dumps(row) + "\n" for row in second + third))
+  assert read_metrics(str(tmp_path)) == [
+      {"step": 1, "train/loss": 11.0}, {"step": 2, "train/loss": 12.0, "eval/loss": 9.0},
+      {"step": 3, "train/loss": 23.0}, {"step": 4, "train/loss": 34.0}, {"step": 5, "train/loss": 35.0}]
+  # Resumed from step 2 with another log_every: a step below the last one logged starts an attempt too.
+  rows = [{"step": 2, "train/loss": 12.0}, {"step": 4, "train/loss": 14.0}, {"step": 3, "train/loss": 23.0}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+  assert read_metrics(str(tmp_path)) == [rows[0], rows[2]]
+  assert read_metrics(str(tmp_path / "absent")) == []
+
+
+def test_wall_time_sums_every_attempt_of_a_trial(tmp_path):
+  """A resumed trial's summary covers only its last attempt; a single run (no trial.json) keeps its summary's."""
+  summary = {"status": "completed", "wall_time_sec": 7.0, "parameters": 10}
+  for name in ("resumed", "killed", "single"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "metrics.jsonl").write_text('{"step": 1, "train/loss": 3.0}\n')
+  (tmp_path / "resumed" / "summary.json").write_text(json.dumps(summary))
+  (tmp_path / "single" / "summary.json").write_text(json.dumps(summary))
+  (tmp_path / "resumed" / "trial.json").write_text(json.dumps(
+      {"status": "completed", "attempts": [{"start": 100.0, "wall_sec": 5.0}, {"start": 200.0, "wall_sec": 7.5}]}))
+  # Killed, no rerun yet: its open attempt lasted until its last write, 30 s after it started.
+  (tmp_path / "killed" / "trial.json").write_text(json.dumps(
+      {"status": "running", "attempts": [{"start": 100.0, "wall_sec": 5.0}, {"start": 1000.0}]}))
+  for name in ("trial.json", "metrics.jsonl"):
+    os.utime(tmp_path / "killed" / name, (1000.0, 1030.0 if name == "metrics.jsonl" else 1000.0))
+  assert results.trial_row(str(tmp_path / "resumed"), [])["wall s"] == 12.5
+  killed = results.trial_row(str(tmp_path / "killed"), [])
+  assert killed["wall s"] == 35.0 and killed["status"] == "interrupted"
+  assert results.trial_row(str(tmp_path / "single"), [])["wall s"] == 7.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -14,8 +16,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from experiments import validation
-from experiments.sweeps import engine, space, studies
-from experiments.files import read_metrics
+from experiments.files import read_metrics, write_json
+from experiments.sweeps import engine, results, space, studies, trials
 from tests.helpers import config_files, postgres
 from tests.helpers.sweeps import tiny_sweep
 
@@ -32,7 +34,15 @@ def trial_dirs(sweepdir) -> dict[str, str]:
 
 
 def logged_steps(trial_dir: str) -> list[int]:
+  """The steps with a train row, one each (read_metrics keeps a resumed step's last attempt)."""
   return [m["step"] for m in read_metrics(trial_dir) if "train/loss" in m]
+
+
+def written_steps(trial_dir: str) -> list[int]:
+  """Every train row's step as metrics.jsonl holds it, repeats included: what tells a resume from a restart."""
+  with open(os.path.join(trial_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [row["step"] for row in rows if "train/loss" in row]
 
 
 @pytest.mark.slow
@@ -110,7 +120,7 @@ def test_a_trial_interrupted_in_process_is_requeued_and_resumed(tfds_data_dir, t
   assert engine.run(s, str(tmp_path)) == {"COMPLETE": 2, "FAIL": 1}
   interrupted = study_of(s, str(tmp_path)).get_trials(states=(optuna.trial.TrialState.FAIL,))[0]
   assert interrupted.user_attrs["interrupted"] == "KeyboardInterrupt"
-  assert len(calls) == 2 and logged_steps(calls[0]) == [1, 2, 3]  # the finished trial ran once
+  assert len(calls) == 2 and written_steps(calls[0]) == [1, 2, 3]  # the finished trial ran once
 
 
 SWEEP_FILE = """
@@ -118,11 +128,18 @@ from ml_collections import ConfigDict
 from configs.sweeps import heads
 def get_config():
   c = heads.get_config()
-  c.name = "killed"
+  c.name = {name!r}
   c.fixed = ConfigDict({fixed!r})
-  c.parameters = [{{"path": "model.num_heads", "values": [1, 2, 4]}}]
+  c.parameters = [{{"path": "model.num_heads", "values": {values!r}}}]
   return c
 """
+
+
+def write_sweep_file(tmp_path, name: str, fixed: dict, values: list[int]) -> str:
+  """A sweep config file over model.num_heads, for the tests that run the sweep command."""
+  path = tmp_path / f"{name}_sweep.py"
+  path.write_text(SWEEP_FILE.format(name=name, fixed=fixed, values=values))
+  return str(path)
 
 
 @pytest.mark.slow
@@ -130,8 +147,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tfds_data_dir,
   """SIGKILL the whole sweep mid-trial (no chance to save or record), then rerun the same sweep."""
   steps = 80
   fixed = tiny_sweep(tfds_data_dir, steps=steps).fixed.to_dict()
-  config_file = tmp_path / "killed_sweep.py"
-  config_file.write_text(SWEEP_FILE.format(fixed=fixed))
+  config_file = write_sweep_file(tmp_path, "killed", fixed, [1, 2, 4])
   sweepdir = tmp_path / "sweep"
   log = open(tmp_path / "sweep.log", "w+", encoding="utf-8")  # a file, not a pipe nobody reads while it fills
   process = subprocess.Popen([sys.executable, "-m", "experiments.sweep", f"--config={config_file}",
@@ -166,10 +182,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tfds_data_dir,
   assert len(dirs) == 3
   for d, text in finished.items():  # finished trials untouched
     assert open(os.path.join(dirs[d], "metrics.jsonl")).read() == text
-  steps_logged = logged_steps(dirs[victim])
-  assert steps_logged.count(1) == 1, "the interrupted trial restarted from scratch instead of resuming"
-  assert max(steps_logged) == steps and killed_at < steps
-  assert set(range(1, steps + 1)) <= set(steps_logged)
+  assert written_steps(dirs[victim]).count(1) == 1, "the interrupted trial restarted from scratch instead of resuming"
+  assert logged_steps(dirs[victim]) == list(range(1, steps + 1)) and killed_at < steps
   stale = study_of(s, str(sweepdir)).get_trials(states=(optuna.trial.TrialState.FAIL,))[0]
   assert stale.user_attrs["trial_id"] == victim and stale.user_attrs["interrupted"] == "its process died"
 
@@ -184,7 +198,7 @@ def _two_workers(s: ConfigDict, sweepdir: str, storage: str | None) -> None:
   dirs = trial_dirs(sweepdir)
   assert set(dirs) == set(trained)
   for trial_dir in dirs.values():
-    assert logged_steps(trial_dir) == [1, 2, 3]  # one run each: a second would append its steps again
+    assert written_steps(trial_dir) == [1, 2, 3]  # one run each: a second would append its steps again
   assert counts.get("FAIL", 0) == 0 and counts.get("RUNNING", 0) == 0
 
 
@@ -200,6 +214,165 @@ def test_two_workers_share_a_postgresql_study(tfds_data_dir, tmp_path):
     pytest.skip("PostgreSQL is not installed (initdb, pg_ctl); .ci/run installs it")
   with postgres.server() as url:
     _two_workers(tiny_sweep(tfds_data_dir, values=(1, 2, 4, 8)), str(tmp_path), url)
+
+
+def _claimed_trial(s: ConfigDict, sweepdir: str, worker: str, started: float) -> tuple[optuna.Study, str]:
+  """A RUNNING trial of the sweep's first grid point, claimed and recorded as run_trial leaves it mid-training."""
+  os.makedirs(sweepdir, exist_ok=True)
+  study = studies.open_study(s, studies.default_storage(sweepdir))
+  trial = study.ask()
+  trials._suggest(trial, s)  # pylint: disable=protected-access  (the parameters as a worker asks for them)
+  point = space.trial_id(s, space.overrides_of(s, trial.params))
+  trial.set_user_attr("trial_id", point)
+  os.makedirs(os.path.join(sweepdir, "trials", point))
+  write_json(os.path.join(sweepdir, "trials", point, "trial.json"),
+             {"id": point, "status": "running", "worker": worker, "attempts": [{"start": started}]})
+  return study, point
+
+
+def test_recover_stale_requeues_a_dead_trial_and_closes_its_attempt(tmp_path):
+  """The attempt of a process that died lasted until its last write (here 42 s after it started)."""
+  s = tiny_sweep(str(tmp_path / "data"), values=(2,))
+  study, point = _claimed_trial(s, str(tmp_path), "gone:1", started=1000.0)
+  trial_dir = os.path.join(tmp_path, "trials", point)
+  with open(os.path.join(trial_dir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.write('{"step": 1, "train/loss": 3.0}\n')
+  for name in ("trial.json", "metrics.jsonl"):
+    os.utime(os.path.join(trial_dir, name), (1000.0, {"trial.json": 1000.0, "metrics.jsonl": 1042.0}[name]))
+  trials.recover_stale(study, s, str(tmp_path))
+  (dead,) = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+  (queued,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+  assert dead.user_attrs["interrupted"] == "its process died" and queued.system_attrs["fixed_params"] == dead.params
+  record = json.loads(open(os.path.join(trial_dir, "trial.json")).read())
+  assert record["status"] == "interrupted" and record["attempts"] == [{"start": 1000.0, "wall_sec": 42.0}]
+  assert trials.unfinished(study, str(tmp_path)).startswith("1 trials are unfinished and no process runs them")
+
+
+def test_a_sweep_whose_trial_trains_in_another_process_is_not_finished(tmp_path):
+  """Its workers have nothing to do, but the sweep is not done: run() says which trial and where, not a count."""
+  s = tiny_sweep(str(tmp_path / "data"), values=(2,))
+  study, point = _claimed_trial(s, str(tmp_path), "elsewhere:123", started=time.time())
+  with open(os.path.join(tmp_path, "trials", point, ".claim"), "a+") as claim:
+    fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the live process that trains it holds it
+    with pytest.raises(engine.Unfinished) as error:
+      engine.run(s, str(tmp_path))
+  assert error.value.counts == {"RUNNING": 1}
+  message = str(error.value)
+  assert len(message.splitlines()) == 1 and point in message and "elsewhere:123" in message, message
+  assert studies.state_counts(study) == {"RUNNING": 1}  # a live trial is left alone
+
+
+def test_a_trial_dead_when_the_workers_end_is_requeued_not_counted_running(tmp_path, monkeypatch):
+  """Its process died after the workers last looked (here they do nothing): the counts say so, and the error."""
+  s = tiny_sweep(str(tmp_path / "data"), values=(2,))
+  _claimed_trial(s, str(tmp_path), "gone:1", started=time.time())
+  monkeypatch.setattr(engine, "work", lambda *args, **kwargs: 0)
+  with pytest.raises(engine.Unfinished) as error:
+    engine.run(s, str(tmp_path))
+  assert error.value.counts == {"FAIL": 1, "WAITING": 1}
+  assert str(error.value) == "1 trials are unfinished and no process runs them: rerun the same command to run them"
+
+
+def _children(pid: int) -> list[int]:
+  """The pids of the processes whose parent is `pid` (Linux /proc)."""
+  found = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        stat = open(f"/proc/{entry}/stat").read()
+      except OSError:
+        continue
+      if int(stat.rpartition(")")[2].split()[1]) == pid:
+        found.append(int(entry))
+  return found
+
+
+def _alive(pid: int) -> bool:
+  """Whether `pid` runs (a zombie that nobody reaped is gone)."""
+  try:
+    return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with their parent through Linux prctl")
+def test_workers_die_with_a_killed_parent_and_a_rerun_resumes_their_trials(tfds_data_dir, tmp_path):
+  """SIGKILL only the sweep command of two workers mid-trial: its workers stop too, and the rerun resumes."""
+  steps = 100
+  fixed = tiny_sweep(tfds_data_dir, steps=steps).fixed.to_dict()
+  config_file = write_sweep_file(tmp_path, "orphans", fixed, [1, 2])
+  sweepdir = tmp_path / "sweep"
+  log = open(tmp_path / "sweep.log", "w+", encoding="utf-8")
+  process = subprocess.Popen([sys.executable, "-m", "experiments.sweep", f"--config={config_file}",
+                              f"--workdir={sweepdir}", "--workers=2"], cwd=REPO, stdout=log, stderr=log,
+                             start_new_session=True)
+  workers, alive, victim = [], [], None
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+      time.sleep(0.05)
+      dirs = trial_dirs(sweepdir) if (sweepdir / "trials").exists() else {}
+      running = [d for d, p in dirs.items()
+                 if len(logged_steps(p)) >= 2 and not os.path.exists(os.path.join(p, "summary.json"))]
+      if running:
+        victim, workers = running[0], _children(process.pid)
+        os.kill(process.pid, signal.SIGKILL)  # the parent alone, as `kill -9 <pid>` does
+        break
+    process.wait()
+    killed = time.time()
+    alive = list(workers)
+    while alive and time.time() < killed + 20:
+      time.sleep(0.1)
+      alive = [pid for pid in workers if _alive(pid)]
+  finally:
+    with contextlib.suppress(ProcessLookupError):
+      os.killpg(process.pid, signal.SIGKILL)  # whatever outlived the test's wait
+  output = (tmp_path / "sweep.log").read_text()[-3000:]
+  assert victim is not None and len(workers) >= 2, f"no trial was caught mid-run: {output}"
+  assert not alive, f"workers {alive} outlived their killed parent: {output}"
+
+  s = space.load_config_file(config_file)
+  stopped = study_of(s, str(sweepdir)).get_trials(states=(optuna.trial.TrialState.FAIL,))
+  # The victim's worker got SIGTERM in its training loop: it saved a checkpoint and requeued the trial itself.
+  reasons = {t.user_attrs["trial_id"]: t.user_attrs["interrupted"] for t in stopped}
+  assert reasons.get(victim, "").startswith("stopped by SIGTERM"), f"{victim} trained on as an orphan: {reasons}"
+  assert engine.run(s, str(sweepdir)) == {"COMPLETE": 2, "FAIL": len(stopped)}
+  rows = {row["trial"]: row for row in results.collect(str(sweepdir))[0]}
+  for t in stopped:
+    trial_dir = trial_dirs(sweepdir)[t.user_attrs["trial_id"]]
+    assert written_steps(trial_dir).count(1) == 1, "the stopped trial restarted instead of resuming"
+    assert logged_steps(trial_dir) == list(range(1, steps + 1))
+    attempts = json.loads(open(os.path.join(trial_dir, "trial.json")).read())["attempts"]
+    summary = json.loads(open(os.path.join(trial_dir, "summary.json")).read())
+    assert len(attempts) == 2 and rows[t.user_attrs["trial_id"]]["status"] == "completed"
+    assert rows[t.user_attrs["trial_id"]]["wall s"] == pytest.approx(sum(a["wall_sec"] for a in attempts))
+    assert attempts[0]["wall_sec"] > 0 and attempts[1]["wall_sec"] >= summary["wall_time_sec"]
+
+
+@pytest.mark.slow
+def test_the_command_exits_3_while_a_trial_trains_elsewhere_then_a_rerun_resumes_it(tfds_data_dir, tmp_path):
+  """One line and status 3 while another process holds the trial; once that process is gone, the rerun trains it."""
+  s = tiny_sweep(tfds_data_dir, values=(2,))
+  config_file = write_sweep_file(tmp_path, s.name, s.fixed.to_dict(), [2])
+  s = space.load_config_file(config_file)
+  sweepdir = str(tmp_path / "sweep")
+  _, point = _claimed_trial(s, sweepdir, "elsewhere:123", started=time.time())
+  with open(os.path.join(sweepdir, "trials", point, ".claim"), "a+") as claim:
+    fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    result = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={config_file}",
+                             f"--workdir={sweepdir}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            check=False)
+  assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.startswith("not finished:")]
+  assert len(lines) == 1 and point in lines[0] and "elsewhere:123" in lines[0], result.stderr[-3000:]
+  assert json.loads(result.stdout.splitlines()[-1]) == {"RUNNING": 1}
+
+  assert engine.run(s, sweepdir) == {"COMPLETE": 1, "FAIL": 1}  # its claim is free now: the process died
+  trial_dir = os.path.join(sweepdir, "trials", point)
+  attempts = json.loads(open(os.path.join(trial_dir, "trial.json")).read())["attempts"]
+  assert len(attempts) == 2 and all("wall_sec" in a for a in attempts)
+  assert written_steps(trial_dir) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("name", config_files.names("configs.sweeps"))

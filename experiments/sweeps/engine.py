@@ -1,8 +1,9 @@
 """Runs a sweep: validates every trial, then workers ask the study for trials and run them until it is covered.
 
-One worker runs in this process, or several in spawned processes; they take trials one at a time under a lock
-in SWEEPDIR (`_ask_lock`) and run each to its end (trials.run_trial). What makes a rerun of the same sweep safe
-is told where users read it, in the command's docstring (experiments/sweep.py).
+One worker runs in this process, or several in spawned processes that die with it (host.die_with_parent); they
+take trials one at a time under a lock in SWEEPDIR (`_ask_lock`) and run each to its end (trials.run_trial).
+What makes a rerun of the same sweep safe is told where users read it, in the command's docstring
+(experiments/sweep.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from experiments.sweeps import space, studies, trials
 
 class SweepError(ValueError):
   """The sweep config or one of its trials' configs is invalid; one line per problem."""
+
+
+class Unfinished(RuntimeError):
+  """The workers ended with trials left unfinished (see trials.unfinished); `counts` are the study's states."""
+
+  def __init__(self, message: str, counts: dict[str, int]):
+    super().__init__(message)
+    self.counts = counts
 
 
 @contextlib.contextmanager
@@ -92,7 +101,10 @@ def keep_freed_memory(sweep: ConfigDict) -> None:
   host.keep_freed_memory(one_heap)
 
 
-def _worker_process(sweep_dict: dict, sweepdir: str, storage_url: str, worker_index: int) -> None:
+def _worker_process(sweep_dict: dict, sweepdir: str, storage_url: str, worker_index: int, parent_pid: int) -> None:
+  # A parent killed with SIGKILL cannot stop its workers: the kernel sends them SIGTERM instead, which saves
+  # the trial in progress and requeues it, so that no orphan trains on while a rerun finds its trial RUNNING.
+  host.die_with_parent(parent_pid)
   # Warnings and errors only: a worker's INFO lines (orbax, TFDS) would bury the trials' own messages.
   logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_index}] %(levelname)s %(message)s")
   keep_freed_memory(ConfigDict(sweep_dict))
@@ -105,7 +117,8 @@ def _worker_process(sweep_dict: dict, sweepdir: str, storage_url: str, worker_in
 def _run_workers(sweep: ConfigDict, sweepdir: str, storage_url: str, workers: int) -> None:
   """Runs `workers` worker processes to their end; a signal to this process stops them all."""
   context = multiprocessing.get_context("spawn")  # fork would copy JAX's threads and state
-  processes = [context.Process(target=_worker_process, args=(sweep.to_dict(), sweepdir, storage_url, index))
+  processes = [context.Process(target=_worker_process,
+                               args=(sweep.to_dict(), sweepdir, storage_url, index, os.getpid()))
                for index in range(workers)]
   for process in processes:
     process.start()
@@ -139,11 +152,12 @@ def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, worker
     retry: run the points of failed trials again (after fixing what made them fail).
 
   Returns:
-    Counts of the study's trials by state (COMPLETE, FAIL, ...) after the run.
+    Counts of the study's trials by state (COMPLETE, FAIL, ...) after the run: the sweep is finished.
 
   Raises:
     SweepError: the sweep or a trial's config is invalid (nothing was run or written).
     KeyboardInterrupt: a signal stopped the sweep (or a worker); rerunning resumes it.
+    Unfinished: the workers ended with trials unfinished, trained by other processes or by none.
   """
   errors = space.validate_trials(sweep)
   if errors:
@@ -158,6 +172,10 @@ def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, worker
     work(sweep, sweepdir, storage_url)
   else:
     _run_workers(sweep, sweepdir, storage_url, workers)
+  trials.recover_stale(study, sweep, sweepdir)  # a trial whose process died is never counted RUNNING
+  message = trials.unfinished(study, sweepdir)
+  if message:
+    raise Unfinished(message, studies.state_counts(study))
   return studies.state_counts(study)
 
 

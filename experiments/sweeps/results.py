@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
-from experiments.files import (CLAIM_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TRIAL_FILE, is_locked, read_json,
-                               read_metrics)
+from experiments.files import (CLAIM_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TRIAL_FILE, is_locked,
+                               last_write_time, read_json, read_metrics)
 
 EVAL_COLUMNS = ("eval/loss", "eval/accuracy")
 MAXIMIZED = ("eval/accuracy", "eval/sequence_accuracy")
@@ -35,6 +36,25 @@ def _status(record: dict, summary: dict | None, trial_dir: str) -> str:
   return "running" if _held(trial_dir) else "interrupted"
 
 
+def _wall_sec(record: dict, summary: dict | None, trial_dir: str) -> float | None:
+  """The wall time of every attempt at the trial (trial.json) together; without attempts recorded, the summary's.
+
+  The summary's covers only the last attempt of a resumed trial. An attempt still open is running (until now) or
+  died before a rerun closed it (until its last write, as trials.recover_stale counts it).
+  """
+  attempts = record.get("attempts")
+  if not attempts:
+    return summary.get("wall_time_sec") if summary else None
+  total = 0.0
+  for attempt in attempts:
+    if "wall_sec" in attempt:
+      total += attempt["wall_sec"]
+    else:
+      end = time.time() if _held(trial_dir) else last_write_time(trial_dir)
+      total += max(end - attempt["start"], 0.0)
+  return total
+
+
 def trial_row(trial_dir: str, paths: list[str]) -> dict[str, Any]:
   """One row of the table: the trial's status, swept values, final and best eval metrics, size, speed."""
   record = read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
@@ -55,7 +75,7 @@ def trial_row(trial_dir: str, paths: list[str]) -> dict[str, Any]:
   speeds = [m["perf/tokens_per_sec"] for m in metrics if "perf/tokens_per_sec" in m]
   row["tokens/s"] = sorted(speeds)[len(speeds) // 2] if speeds else None  # median: compile time is in the first
   row["parameters"] = summary.get("parameters") if summary else _count_parameters(config)
-  row["wall s"] = summary.get("wall_time_sec") if summary else None
+  row["wall s"] = _wall_sec(record, summary, trial_dir)
   row["error"] = (record.get("error") or "").splitlines()[0][:200] if record.get("error") else ""
   row["_curve"] = [(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m]
   return row

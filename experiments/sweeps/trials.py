@@ -2,7 +2,8 @@
 
 A trial holds an exclusive lock on SWEEPDIR/trials/<id>/.claim while it runs, so no point trains in two
 processes at once, and a RUNNING trial whose lock is free belongs to a process that died (`recover_stale`).
-Each trial's directory also holds trial.json, its record for the report (status, parameters, error).
+Each trial's directory also holds trial.json, its record for the report (status, parameters, error, and the start
+and wall time of each attempt at training it, so that the report's wall time covers a resumed trial's every part).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import optuna
 from ml_collections import ConfigDict
 
-from experiments.files import CLAIM_FILE, SUMMARY_FILE, TRIAL_FILE, exclusive_lock, read_json, write_json
+from experiments.files import (CLAIM_FILE, SUMMARY_FILE, TRIAL_FILE, exclusive_lock, last_write_time, read_json,
+                               write_json)
 from experiments.sweeps import space, studies
 
 STALE_UNCLAIMED_SEC = 120  # a RUNNING trial that never claimed a point after this long is dead
@@ -42,6 +44,14 @@ def _record(trial_dir: str, **fields: Any) -> None:
   write_json(path, {**(read_json(path) or {}), **fields, "updated": time.time()})
 
 
+def _end_attempt(trial_dir: str, end_time: float, **fields: Any) -> None:
+  """Records the wall time of the trial's attempt in progress (ended at `end_time`) along with `fields`."""
+  attempts = (read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}).get("attempts") or []
+  if attempts and "wall_sec" not in attempts[-1]:
+    attempts[-1]["wall_sec"] = max(end_time - attempts[-1]["start"], 0.0)
+  _record(trial_dir, attempts=attempts, **fields)
+
+
 def _stored(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
   """The trial as the storage holds it now, whichever process changed it last."""
   return study._storage.get_trial(trial._trial_id)  # pylint: disable=protected-access
@@ -61,8 +71,37 @@ def recover_stale(study: optuna.Study, sweep: ConfigDict, sweepdir: str) -> None
       if owned:  # held by no live process; re-read under the lock so that a trial just finished is left alone
         current = _stored(study, frozen)
         if current.state == optuna.trial.TrialState.RUNNING:
+          died = last_write_time(trial_dir)  # read before trial.json is written again
           studies.requeue(study, sweep, current, "its process died")
-          _record(trial_dir, status="interrupted")
+          _end_attempt(trial_dir, died, status="interrupted")
+
+
+def unfinished(study: optuna.Study, sweepdir: str) -> str | None:
+  """What keeps the sweep from being finished once this command's workers ended, in one line (None: nothing).
+
+  Call it after `recover_stale`: a RUNNING trial whose point's lock is held is trained by a live process that is
+  none of this command's workers (another machine's, or one left by an earlier command); any other RUNNING or
+  WAITING trial is run by no process.
+  """
+  state = optuna.trial.TrialState
+  elsewhere, left = [], 0
+  for frozen in study.get_trials(deepcopy=False, states=(state.RUNNING, state.WAITING)):
+    point = frozen.user_attrs.get("trial_id")
+    trial_dir = os.path.join(sweepdir, "trials", point or "")
+    if frozen.state == state.RUNNING and point is not None:
+      with claim(trial_dir) as owned:
+        if not owned:
+          worker = (read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}).get("worker", "unknown")
+          elsewhere.append(f"{point} (process {worker})")
+          continue
+    left += 1
+  parts = []
+  if elsewhere:
+    parts.append(f"{len(elsewhere)} trials still train in processes that are not this command's: "
+                 f"{', '.join(elsewhere)}; the report shows them, rerun this command once they end")
+  if left:
+    parts.append(f"{left} trials are unfinished and no process runs them: rerun the same command to run them")
+  return "; ".join(parts) or None
 
 
 def _suggest(trial: optuna.Trial, sweep: ConfigDict) -> dict[str, Any]:
@@ -102,8 +141,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
       trial.set_user_attr("reused", True)
       _tell(study, trial, summary, sweep.metric, trial_dir)
       return False
+    attempts = (read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}).get("attempts") or []
     _record(trial_dir, id=point, status="running", number=trial.number, params=params, overrides=overrides,
-            metric=sweep.metric, worker=f"{socket.gethostname()}:{os.getpid()}", error=None)
+            metric=sweep.metric, worker=f"{socket.gethostname()}:{os.getpid()}", error=None,
+            attempts=[*attempts, {"start": time.time()}])
     # The run (JAX, flax, orbax) is imported here, where a worker trains: the sweep command and its
     # bookkeeping do without it.
     from experiments import runner  # pylint: disable=g-import-not-at-top
@@ -113,15 +154,16 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
       summary = runner.train_and_evaluate(config, trial_dir)
     except KeyboardInterrupt:
       studies.requeue(study, sweep, _stored(study, trial), "KeyboardInterrupt")
-      _record(trial_dir, status="interrupted")
+      _end_attempt(trial_dir, time.time(), status="interrupted")
       raise Interrupted(f"trial {point} interrupted") from None
     except Exception as error:  # pylint: disable=broad-except  (any failure of one trial is recorded, not fatal)
       message = f"{type(error).__name__}: {error}".strip()
       logging.error("trial %d (%s) failed: %s", trial.number, point, message)
       trial.set_user_attr("error", message[:4000])
       study.tell(trial, state=optuna.trial.TrialState.FAIL)
-      _record(trial_dir, status="failed", error=message)
+      _end_attempt(trial_dir, time.time(), status="failed", error=message)
       return True
+    _end_attempt(trial_dir, time.time())
     if summary["status"] != "completed":  # stopped by SIGINT/SIGTERM: the runner saved a checkpoint
       studies.requeue(study, sweep, _stored(study, trial), summary["status"])
       _record(trial_dir, status="interrupted")
