@@ -58,3 +58,11 @@ def test_ci_run_stops_where_chromium_cannot_be_installed_in_ci_and_warns_outside
   else:
     assert "chromium missing and no apt-get as root: the tests that need them will skip" in result.stderr, result
     assert "python3" in result.stderr  # it went on, to the virtual environment (absent from this PATH)
+
+
+def test_the_readme_gives_ci_s_test_command_which_prints_skip_reasons():
+  with open(os.path.join(REPO, ".ci", "run"), encoding="utf-8") as f:
+    command = f.read().splitlines()[-1]
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    assert f"\n{command}\n" in f.read()
+  assert " -m pytest -q -rs " in command  # -rs: every skip says why
