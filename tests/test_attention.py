@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.random_params import random_arrays, random_params as model_params
 from transformer import kernels
 from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
@@ -61,9 +62,7 @@ def expected_param_shapes(c: ModelConfig) -> dict:
 
 def random_params(c: ModelConfig, seed: int, std: float = 0.5) -> dict:
   """Parameters large enough that attention is far from uniform (the init's 0.02 would hide mask errors)."""
-  rng = np.random.RandomState(seed)
-  return {name: jnp.asarray(std * rng.randn(*shape), jnp.float32)
-          for name, shape in expected_param_shapes(c).items()}
+  return random_arrays(expected_param_shapes(c), seed, std)
 
 
 def contiguous_positions(batch: int, length: int, start: int = 0) -> jax.Array:
@@ -390,22 +389,13 @@ def test_attention_gradients_follow_the_mask(mask, impl):
     assert dependence[0, 2] > 1e-6
 
 
-def _model_params(c: ModelConfig, seed: int) -> dict:
-  variables = jax.eval_shape(TransformerLM(c).init, jax.random.key(0), jnp.zeros((1, c.max_len), jnp.int32))
-  rng = np.random.RandomState(seed)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, s: jnp.asarray((1.0 if path[-1].key == "scale" else 0.0) + 0.3 * rng.randn(*s.shape),
-                                  jnp.float32),
-      nn.unbox(variables["params"]))
-
-
 @pytest.mark.parametrize("mask", MASKS)
 def test_model_loss_gradients_are_causal(mask):
   """Through 2 layers: the loss at position t has exactly zero gradient with respect to inputs after t."""
   length, window, prefix = 7, 2, 3
   c = make_config(mask, "factored", heads=2, window=window, prefix_length=prefix, num_layers=2, max_len=length,
                   positions="learned")
-  params = _model_params(c, seed=13)
+  params = model_params(c, seed=13)
   tokens = jnp.asarray(np.random.RandomState(14).randint(0, c.vocab_size, (1, length)))
   targets = jnp.asarray(np.random.RandomState(15).randint(0, c.vocab_size, (length,)))
 
