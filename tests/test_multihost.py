@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -26,8 +27,8 @@ import pytest
 from configs import base
 from experiments import checkpoint, validation
 from experiments.data import pipeline
-from experiments.files import read_metrics
 from helpers import components, launch  # tests/ is on sys.path under pytest's default (prepend) import mode
+from helpers.metrics import train_losses
 
 STEPS = 6
 # With dropout, whose masks each process draws its part of (see test_multidevice.py).
@@ -138,9 +139,19 @@ def test_a_probe_past_its_deadline_is_a_failure_not_a_skip(tmp_path):
 
 
 def test_a_refused_port_is_tried_again_then_unsupported(tmp_path):
-  with pytest.raises(launch.Unsupported, match="could not listen on its port, twice"):
+  with pytest.raises(launch.Unsupported, match="could not listen on two ports in a row"):
     _probe(tmp_path, "port_refused")
   assert (tmp_path / "tries").read_text() == "xx"  # a second port, then no third
+
+
+def test_no_loopback_networking_is_unsupported(tmp_path, monkeypatch):
+  class NoNetwork(socket.socket):
+    def bind(self, address):
+      raise OSError(99, "Cannot assign requested address")
+
+  monkeypatch.setattr(launch.socket, "socket", NoNetwork)
+  with pytest.raises(launch.Unsupported, match=r"^no loopback networking: .*Cannot assign requested address"):
+    _probe(tmp_path, "joins")
 
 
 @pytest.mark.slow
@@ -159,7 +170,7 @@ def test_two_processes_train_like_one(distributed, tmp_path, tfds_data_dir):
     # D=32 is split over fsdp (across the processes), H=8 over tensor (within each).
     assert result["layouts"]["block_0/attention/query"]["shard_shape"] == [16, 4, 4]
   # Only process 0 writes metrics: each step once.
-  assert [m["step"] for m in read_metrics(two["workdir"]) if "train/loss" in m] == list(range(1, STEPS + 1))
+  assert [step for step, _ in train_losses(two["workdir"])] == list(range(1, STEPS + 1))
   assert [step for step, _ in lead["losses"]] == [step for step, _ in reference["losses"]] == list(
       range(1, STEPS + 1))
   losses = [loss for _, loss in reference["losses"]]
@@ -199,6 +210,6 @@ def test_sigterm_stops_both_processes_at_one_step_with_a_checkpoint(distributed,
   assert lead["status"] == other["status"] == f"stopped by SIGTERM at step {stopped}"
   assert other["step"] == stopped < 100_000
   assert checkpoint.make_manager(workdir, read_only=True).latest_step() == stopped
-  assert [m["step"] for m in read_metrics(workdir) if "train/loss" in m] == list(range(1, stopped + 1))
+  assert [step for step, _ in train_losses(workdir)] == list(range(1, stopped + 1))
   # The driver restored the saved parameters on both processes after the run: the checkpoint is complete.
   assert lead["layouts"]["block_0/attention/query"]["shard_shape"] == [16, 4, 4]

@@ -15,8 +15,8 @@ from ml_collections import ConfigDict
 
 from experiments import validation
 from experiments.sweeps import engine, space, studies
-from experiments.files import read_metrics
 from tests.helpers import config_files, postgres
+from tests.helpers.metrics import train_losses
 from tests.helpers.sweeps import tiny_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def trial_dirs(sweepdir) -> dict[str, str]:
 
 
 def logged_steps(trial_dir: str) -> list[int]:
-  return [m["step"] for m in read_metrics(trial_dir) if "train/loss" in m]
+  return [step for step, _ in train_losses(trial_dir)]
 
 
 @pytest.mark.slow

@@ -131,8 +131,8 @@ def probe_distributed(log_dir: str, *, script: str = PROBE, timeout: float = 120
     timeout: seconds for the two processes together.
 
   Raises:
-    Unsupported: no loopback networking; the coordinator could not listen on its port, twice, on two ports; or
-      the probe exited with UNSUPPORTED (this jax has no gloo CPU collectives).
+    Unsupported: no loopback networking; the coordinator could not listen on two ports in a row; or the probe
+      exited with UNSUPPORTED (this jax has no gloo CPU collectives).
     AssertionError: any other failure, the deadline included, with the output of the process that failed.
   """
   if (error := _loopback_error()) is not None:
@@ -155,4 +155,4 @@ def probe_distributed(log_dir: str, *, script: str = PROBE, timeout: float = 120
     if PORT_REFUSED not in output:
       raise AssertionError(f"probe process {processes.index(failed)} exited with {failed.returncode}:\n{output}")
     if attempt == 1:
-      raise Unsupported(f"the coordinator could not listen on its port, twice ({address}): {PORT_REFUSED}")
+      raise Unsupported(f"the coordinator could not listen on two ports in a row (the last {address}): {PORT_REFUSED}")
