@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers.attention_module import MASKS, apply_attention, contiguous_positions, make_config, random_params
 from tests.helpers.float64_reference import allowed_matrix, reference_allowed
-from transformer.config import ModelConfig
+from tests.helpers.random_params import random_params as model_params
 from transformer.model import TransformerLM
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
@@ -42,22 +42,13 @@ def test_attention_gradients_follow_the_mask(mask, impl):
     assert dependence[0, 2] > 1e-6
 
 
-def _model_params(c: ModelConfig, seed: int) -> dict:
-  variables = jax.eval_shape(TransformerLM(c).init, jax.random.key(0), jnp.zeros((1, c.max_len), jnp.int32))
-  rng = np.random.RandomState(seed)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, s: jnp.asarray((1.0 if path[-1].key == "scale" else 0.0) + 0.3 * rng.randn(*s.shape),
-                                  jnp.float32),
-      nn.unbox(variables["params"]))
-
-
 @pytest.mark.parametrize("mask", MASKS)
 def test_model_loss_gradients_are_causal(mask):
   """Through 2 layers: the loss at position t has exactly zero gradient with respect to inputs after t."""
   length, window, prefix = 7, 2, 3
   c = make_config(mask, "factored", heads=2, window=window, prefix_length=prefix, num_layers=2, max_len=length,
                   positions="learned")
-  params = _model_params(c, seed=13)
+  params = model_params(c, seed=13)
   tokens = jnp.asarray(np.random.RandomState(14).randint(0, c.vocab_size, (1, length)))
   targets = jnp.asarray(np.random.RandomState(15).randint(0, c.vocab_size, (length,)))
 

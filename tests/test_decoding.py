@@ -3,12 +3,12 @@
 import dataclasses
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers.random_params import random_params
 from transformer.config import ModelConfig
 from transformer.decoding import decode_step, init_cache
 from transformer.model import TransformerLM
@@ -23,16 +23,6 @@ def decoding_model_config(**overrides) -> ModelConfig:
   fields = dict(vocab_size=13, max_len=MAX_LEN, num_layers=2, d_model=8, num_heads=4, chunk_size=3)
   fields.update(overrides)
   return ModelConfig(**fields)
-
-
-def random_params(c: ModelConfig, seed: int) -> dict:
-  """Parameters far from the init's tiny values, so that every position changes the logits noticeably."""
-  tokens = jnp.zeros((1, c.max_len), jnp.int32)
-  shapes = nn.unbox(jax.eval_shape(TransformerLM(c).init, jax.random.key(0), tokens)["params"])
-  rng = np.random.RandomState(seed)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, s: jnp.asarray((1.0 if path[-1].key == "scale" else 0.0) + 0.3 * rng.randn(*s.shape),
-                                  jnp.float32), shapes)
 
 
 # Together these cover each mask (prefix with a prefill that covers the prefix), multi-head, grouped and

@@ -25,6 +25,7 @@ from experiments.files import read_metrics
 from experiments.inspection import forward_pass, head_scores, html_page, plots
 from experiments.runner import train_and_evaluate
 from experiments.validation import ConfigError
+from tests.helpers.metrics import train_losses
 from tests.helpers.tiny_config import tiny_config
 from transformer import ModelConfig, TransformerLM
 
@@ -246,10 +247,6 @@ def test_probes_leave_training_unchanged(tfds_data_dir, tmp_path):
   without.inspect.probe_prompts = ""
   train_and_evaluate(with_probes, str(tmp_path / "with"))
   train_and_evaluate(without, str(tmp_path / "without"))
-
-  def train_losses(workdir):
-    return [m["train/loss"] for m in read_metrics(workdir) if "train/loss" in m]
-
   assert train_losses(str(tmp_path / "with")) == train_losses(str(tmp_path / "without"))
   assert not any(k.startswith("heads/") for m in read_metrics(str(tmp_path / "without")) for k in m)
 

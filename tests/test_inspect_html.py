@@ -1,6 +1,6 @@
 """The attention page in a real headless browser (the system's Chromium driven by selenium), with the network off.
 
-Skips, saying why, where selenium, chromium or chromedriver is missing (.ci/run installs them).
+Skips, saying why, where selenium, chromium or chromedriver is missing (.ci/run installs them); fails then in CI.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from experiments.inspection import forward_pass, html_page
+from tests.helpers import components
 from transformer import ModelConfig, TransformerLM
-
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (requirements-dev.txt)")
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +29,20 @@ def _binary(names) -> str | None:
 
 @pytest.fixture(scope="module")
 def browser():
+  try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+  except ImportError:
+    components.unavailable("selenium is not installed (requirements-dev.txt)")
   browser_path, driver_path = _binary(BROWSERS), _binary(("chromedriver",))
   if browser_path is None or driver_path is None:
-    pytest.skip("no chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
+    components.unavailable("no chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
   options = webdriver.ChromeOptions()
   options.binary_location = browser_path
   for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                    # Belt and braces with the offline emulation below: any request would go nowhere.
                    "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"):
     options.add_argument(argument)
-  from selenium.webdriver.chrome.service import Service
-
   driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
   driver.execute_cdp_cmd("Network.enable", {})
   driver.execute_cdp_cmd("Network.emulateNetworkConditions",

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
+from tests.helpers.random_params import random_params
 from transformer.config import ModelConfig
 from transformer.model import Dropout, LayerNorm, TransformerLM
 
@@ -31,17 +32,6 @@ def small_model_config(**overrides) -> ModelConfig:
 def param_shapes(c: ModelConfig) -> dict:
   tokens = jnp.zeros((1, c.max_len), jnp.int32)
   return nn.unbox(jax.eval_shape(TransformerLM(c).init, jax.random.key(0), tokens)["params"])
-
-
-def random_params(c: ModelConfig, seed: int = 0) -> dict:
-  """Parameters far from the init's tiny values, so that every layer changes the logits noticeably."""
-  rng = np.random.RandomState(seed)
-
-  def fill(path, shape):
-    offset = 1.0 if path[-1].key == "scale" else 0.0  # LayerNorm scales around 1
-    return jnp.asarray(offset + 0.3 * rng.randn(*shape.shape), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, param_shapes(c))
 
 
 def random_tokens(seed: int, c: ModelConfig, batch: int = BATCH, length: int = LENGTH) -> jax.Array:

@@ -6,7 +6,9 @@ mesh is fsdp=2 x tensor=2, so the fsdp axis (parameters and batch) spans the two
 stays inside each. Losses are compared with rtol=1e-5, as in test_multidevice.py: the layouts differ only in
 the order float32 sums are taken. The fast tests check what the comparison rests on: the processes' batches
 make up the one-process batch, and meshes whose processes would need the same rows are refused. The
-training tests skip, with the reason, where two processes cannot join at all (see the `distributed` fixture).
+training tests skip, with the reason, where this machine cannot run two joined processes (no loopback networking,
+no port for the coordinator, no gloo: see launch.probe_distributed), and fail in CI; a probe that fails otherwise
+fails them, with its output.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -25,8 +27,8 @@ import pytest
 from configs import base
 from experiments import checkpoint, validation
 from experiments.data import pipeline
-from experiments.files import read_metrics
-from helpers import launch  # tests/ is on sys.path under pytest's default (prepend) import mode
+from helpers import components, launch  # tests/ is on sys.path under pytest's default (prepend) import mode
+from helpers.metrics import train_losses, written_steps
 
 STEPS = 6
 # With dropout, whose masks each process draws its part of (see test_multidevice.py).
@@ -81,20 +83,75 @@ def _start_job(runs: list[dict], log_prefix: str) -> list[subprocess.Popen]:
 
 @pytest.fixture(scope="module")
 def distributed(tmp_path_factory) -> None:
-  """Skips the module's training tests, with the reason, where two processes cannot join with gloo."""
-  root = tmp_path_factory.mktemp("probe")
-  address = f"127.0.0.1:{portpicker.pick_unused_port()}"
-  probe = os.path.join(launch.REPO, "tests", "helpers", "distributed_probe.py")
-  processes = []
-  for i in range(2):
-    with open(root / f"probe_{i}.log", "w", encoding="utf-8") as log:
-      processes.append(subprocess.Popen([sys.executable, probe, address, str(i)], env=launch.env(1), stdout=log,
-                                        stderr=subprocess.STDOUT))
-    processes[-1].log_path = str(root / f"probe_{i}.log")
+  """Skips the module's training tests (fails them in CI), with the reason, where this machine cannot run two
+  joined processes; fails them, with the probe's output, where the probe fails otherwise."""
   try:
-    launch.finish(processes, timeout=120)
+    launch.probe_distributed(str(tmp_path_factory.mktemp("probe")))
+  except launch.Unsupported as why:
+    components.unavailable(f"two JAX processes cannot join on this machine: {why}")
   except AssertionError as error:
-    pytest.skip(f"jax.distributed with gloo CPU collectives does not work on this machine: {error}")
+    pytest.fail(f"the jax.distributed probe failed: {error}", pytrace=False)
+
+
+# Stand-ins for the probe, run as `script ADDRESS PROCESS_ID`: they tell the outcomes apart without JAX's cost.
+STAND_INS = {
+    "unsupported": 'print("UNSUPPORTED: no gloo in this stand-in"); raise SystemExit(3)',
+    # Process 1 fails at once; process 0 would wait for it (as jax.distributed.initialize does) for a minute.
+    "fails": 'import sys, time\nif sys.argv[2] == "1": raise RuntimeError("boom in the code")\ntime.sleep(60)',
+    "hangs": "import time; time.sleep(60)",
+    # What the real coordinator does when it cannot bind its port: gRPC's line, then SIGSEGV. Counts its attempts.
+    "port_refused": f"""import os, signal, sys, time
+if sys.argv[2] == "0":
+  open(os.path.join(os.path.dirname(sys.argv[0]), "tries"), "a").write("x")
+  print("E1201 add_port.cc:83] {launch.PORT_REFUSED}: No address added out of total 1 resolved", flush=True)
+  os.kill(os.getpid(), signal.SIGSEGV)
+time.sleep(60)
+""",
+    "joins": "pass",
+}
+
+
+def _probe(tmp_path, stand_in: str, timeout: float = 60) -> None:
+  script = tmp_path / f"{stand_in}.py"
+  script.write_text(STAND_INS[stand_in], encoding="utf-8")
+  launch.probe_distributed(str(tmp_path), script=str(script), timeout=timeout)
+
+
+def test_the_probe_passes_when_both_processes_join(tmp_path):
+  _probe(tmp_path, "joins")
+
+
+def test_the_probe_says_unsupported_when_the_probe_recognises_the_machine(tmp_path):
+  with pytest.raises(launch.Unsupported, match="^no gloo in this stand-in$"):
+    _probe(tmp_path, "unsupported")
+
+
+def test_a_failing_probe_is_a_failure_with_its_output_and_ends_the_other_process_at_once(tmp_path):
+  start = time.monotonic()
+  with pytest.raises(AssertionError, match="(?s)probe process 1 exited with 1:.*RuntimeError: boom in the code"):
+    _probe(tmp_path, "fails")
+  assert time.monotonic() - start < 30  # not the 60 s process 0 would wait
+
+
+def test_a_probe_past_its_deadline_is_a_failure_not_a_skip(tmp_path):
+  with pytest.raises(AssertionError, match="the probe was still running after 2 s"):
+    _probe(tmp_path, "hangs", timeout=2)
+
+
+def test_a_refused_port_is_tried_again_then_unsupported(tmp_path):
+  with pytest.raises(launch.Unsupported, match="could not listen on two ports in a row"):
+    _probe(tmp_path, "port_refused")
+  assert (tmp_path / "tries").read_text() == "xx"  # a second port, then no third
+
+
+def test_no_loopback_networking_is_unsupported(tmp_path, monkeypatch):
+  class NoNetwork(socket.socket):
+    def bind(self, address):
+      raise OSError(99, "Cannot assign requested address")
+
+  monkeypatch.setattr(launch.socket, "socket", NoNetwork)
+  with pytest.raises(launch.Unsupported, match=r"^no loopback networking: .*Cannot assign requested address"):
+    _probe(tmp_path, "joins")
 
 
 @pytest.mark.slow
@@ -113,7 +170,7 @@ def test_two_processes_train_like_one(distributed, tmp_path, tfds_data_dir):
     # D=32 is split over fsdp (across the processes), H=8 over tensor (within each).
     assert result["layouts"]["block_0/attention/query"]["shard_shape"] == [16, 4, 4]
   # Only process 0 writes metrics: each step once.
-  assert [m["step"] for m in read_metrics(two["workdir"]) if "train/loss" in m] == list(range(1, STEPS + 1))
+  assert written_steps(two["workdir"]) == list(range(1, STEPS + 1))
   assert [step for step, _ in lead["losses"]] == [step for step, _ in reference["losses"]] == list(
       range(1, STEPS + 1))
   losses = [loss for _, loss in reference["losses"]]
@@ -153,6 +210,6 @@ def test_sigterm_stops_both_processes_at_one_step_with_a_checkpoint(distributed,
   assert lead["status"] == other["status"] == f"stopped by SIGTERM at step {stopped}"
   assert other["step"] == stopped < 100_000
   assert checkpoint.make_manager(workdir, read_only=True).latest_step() == stopped
-  assert [m["step"] for m in read_metrics(workdir) if "train/loss" in m] == list(range(1, stopped + 1))
+  assert written_steps(workdir) == list(range(1, stopped + 1))
   # The driver restored the saved parameters on both processes after the run: the checkpoint is complete.
   assert lead["layouts"]["block_0/attention/query"]["shard_shape"] == [16, 4, 4]

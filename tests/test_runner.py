@@ -16,19 +16,19 @@ from hypothesis import strategies as st
 
 from configs import base
 from experiments import build, checkpoint, host, runner, validation
-from experiments.files import read_metrics
 from experiments.metrics import NonFiniteLoss
 from experiments.runner import train_and_evaluate
 from experiments.validation import ConfigError
 from experiments.workdir import WorkdirLocked, workdir_lock
 from tests.helpers import config_files
+from tests.helpers.metrics import train_losses
 from tests.helpers.tiny_config import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def losses(workdir: str) -> dict[int, float]:
-  return {m["step"]: m["train/loss"] for m in read_metrics(workdir) if "train/loss" in m}
+  return dict(train_losses(workdir))
 
 
 STEPS = 150

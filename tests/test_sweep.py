@@ -19,6 +19,7 @@ from experiments import validation
 from experiments.files import read_metrics, write_json
 from experiments.sweeps import engine, results, space, studies, trials
 from tests.helpers import config_files, postgres
+from tests.helpers.metrics import train_losses, written_steps
 from tests.helpers.sweeps import tiny_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,14 +36,7 @@ def trial_dirs(sweepdir) -> dict[str, str]:
 
 def logged_steps(trial_dir: str) -> list[int]:
   """The steps with a train row, one each (read_metrics keeps a resumed step's last attempt)."""
-  return [m["step"] for m in read_metrics(trial_dir) if "train/loss" in m]
-
-
-def written_steps(trial_dir: str) -> list[int]:
-  """Every train row's step as metrics.jsonl holds it, repeats included: what tells a resume from a restart."""
-  with open(os.path.join(trial_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [row["step"] for row in rows if "train/loss" in row]
+  return [step for step, _ in train_losses(trial_dir)]
 
 
 @pytest.mark.slow
@@ -209,10 +203,7 @@ def test_two_workers_share_a_sqlite_study(tfds_data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_share_a_postgresql_study(tfds_data_dir, tmp_path):
-  pytest.importorskip("psycopg2", reason="psycopg2 (requirements-dev.txt) is not installed")
-  if postgres.binaries() is None:
-    pytest.skip("PostgreSQL is not installed (initdb, pg_ctl); .ci/run installs it")
-  with postgres.server() as url:
+  with postgres.server() as url:  # skips without PostgreSQL, fails in CI
     _two_workers(tiny_sweep(tfds_data_dir, values=(1, 2, 4, 8)), str(tmp_path), url)
 
 

@@ -11,12 +11,14 @@ import sys
 import numpy as np
 import pytest
 
-from configs import base, shakespeare_char
+from configs import shakespeare_char
 from experiments import evaluate
 from experiments.data import text, tokenizers
 from experiments.files import read_metrics
 from experiments.runner import train_and_evaluate
 from experiments.validation import ConfigError
+from tests.helpers.metrics import train_losses
+from tests.helpers.tiny_config import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare")
@@ -34,17 +36,12 @@ def corpus(tmp_path_factory) -> str:
 
 
 def text_config(data_dir: str, corpus: str, tokenizer: str = "char", steps: int = 40):
-  """A tiny language model on the corpus: compiles and trains in seconds."""
-  c = base.get_config()
-  c.model.num_layers, c.model.d_model, c.model.num_heads = 1, 32, 2
-  c.data.task, c.data.dataset, c.data.text_files = "text", text.TEXT_FILES, corpus
-  c.data.tokenizer, c.data.vocab_size = tokenizer, (320 if tokenizer == "sentencepiece" else 0)
-  c.data.seq_len, c.data.data_dir, c.data.validation_fraction = 32, data_dir, 0.1
-  c.train.steps, c.train.batch_size, c.train.log_every = steps, 16, 5
-  c.train.eval_every, c.train.checkpoint_every = steps, 0
-  c.optimizer.warmup_steps, c.optimizer.learning_rate = 5, 1e-2
-  c.checkpoint.async_save = False
-  return c
+  """The tiny run config with one layer on the corpus: compiles and trains in seconds."""
+  return tiny_config(data_dir, {
+      "model.num_layers": 1, "data.task": "text", "data.dataset": text.TEXT_FILES, "data.text_files": corpus,
+      "data.tokenizer": tokenizer, "data.vocab_size": 320 if tokenizer == "sentencepiece" else 0, "data.seq_len": 32,
+      "data.validation_fraction": 0.1, "train.steps": steps, "train.log_every": 5, "train.eval_every": steps,
+      "optimizer.warmup_steps": 5, "optimizer.learning_rate": 1e-2})
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +94,8 @@ def test_text_runs_resume_bitwise(tfds_data_dir, corpus, tmp_path):
   half.optimizer.decay_steps = 8
   train_and_evaluate(half, str(tmp_path / "resumed"))
   train_and_evaluate(straight, str(tmp_path / "resumed"))
-  losses = lambda workdir: [(m["step"], m["train/loss"]) for m in read_metrics(workdir) if "train/loss" in m]
-  assert losses(str(tmp_path / "straight"))[-1] == losses(str(tmp_path / "resumed"))[-1]
-  assert losses(str(tmp_path / "straight"))[-1][0] == 8
+  assert train_losses(str(tmp_path / "straight"))[-1] == train_losses(str(tmp_path / "resumed"))[-1]
+  assert train_losses(str(tmp_path / "straight"))[-1][0] == 8
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tests.helpers.random_params import random_arrays
 from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
 
@@ -51,9 +52,7 @@ def expected_param_shapes(c: ModelConfig) -> dict:
 
 def random_params(c: ModelConfig, seed: int, std: float = 0.5) -> dict:
   """Parameters large enough that attention is far from uniform (the init's 0.02 would hide mask errors)."""
-  rng = np.random.RandomState(seed)
-  return {name: jnp.asarray(std * rng.randn(*shape), jnp.float32)
-          for name, shape in expected_param_shapes(c).items()}
+  return random_arrays(expected_param_shapes(c), seed, std)
 
 
 def contiguous_positions(batch: int, length: int, start: int = 0) -> jax.Array:

@@ -24,7 +24,7 @@ from absl import flags  # noqa: E402
 
 from experiments import build, checkpoint, runner, validation  # noqa: E402
 from experiments import train as train_cli  # noqa: E402  (defines the multi-host flags)
-from experiments.files import read_metrics  # noqa: E402
+from tests.helpers.metrics import train_losses  # noqa: E402
 from tests.helpers.tiny_config import MESH, tiny_config  # noqa: E402
 
 # Parameters whose layout the tests check: `embed` goes to the fsdp axis, `heads` and `mlp` to tensor.
@@ -39,10 +39,6 @@ def param_layouts(config, workdir: str) -> dict[str, dict]:
           for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
   return {p: {"spec": str(flat[p].sharding.spec), "shape": list(flat[p].shape),
               "shard_shape": list(flat[p].addressable_shards[0].data.shape)} for p in LAYOUT_PATHS}
-
-
-def train_losses(workdir: str) -> list[tuple[int, float]]:
-  return [(m["step"], m["train/loss"]) for m in read_metrics(workdir) if "train/loss" in m]
 
 
 def main(runs: list[dict]) -> None:
