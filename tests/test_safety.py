@@ -23,6 +23,8 @@ from experiments.runner import train_and_evaluate
 from experiments.validation import ConfigError
 from tests.helpers.tiny_config import tiny_config
 
+pytestmark = pytest.mark.slow  # every test trains (the shared finished run, or a run of its own)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 
@@ -91,14 +93,16 @@ def test_nan_with_async_saves_keeps_the_last_good_checkpoint_complete(tfds_data_
 
 
 def test_resume_after_a_nan_with_a_lower_learning_rate(tfds_data_dir, tmp_path, monkeypatch, caplog):
-  """A loss that turns NaN from step 3 while the learning rate is above 1 stops the run at step 3 with
-  checkpoint 2; rerun with a learning rate below 1, the run resumes there (the change logged) and completes."""
+  """A gradient that turns NaN at step 3 while the learning rate is above 1 (its loss still finite, its
+  parameters NaN) stops the run at step 3 with checkpoint 2; rerun with a learning rate below 1, the run
+  resumes there (the change logged) and completes."""
 
   def poisoned(state, batches, **kwargs):
     new_state, metrics = steps.train_steps(state, batches, **kwargs)
     row_steps = state.step + 1 + jnp.arange(metrics["train/loss"].shape[0])
     nan = (row_steps >= 3) & (kwargs["schedule"](state.step) > 1)
-    return new_state, {**metrics, "train/loss": jnp.where(nan, jnp.nan, metrics["train/loss"])}
+    params = jax.tree.map(lambda x: jnp.where(nan.any(), jnp.nan, x), new_state.params)
+    return new_state.replace(params=params), {**metrics, "train/grad_norm": jnp.where(nan, jnp.nan, 1.0)}
 
   monkeypatch.setattr(build, "train_steps", poisoned)
   config = tiny_config(tfds_data_dir, {"train.steps": 5, "train.checkpoint_every": 1,
@@ -185,7 +189,6 @@ def test_evaluate_and_load_model_fall_back_to_the_previous_checkpoint(copy, capl
     evaluate.evaluate(copy, step=STEPS)
 
 
-@pytest.mark.slow
 def test_evaluate_command_on_a_corrupt_step_is_one_line_with_status_2(copy):
   truncate_state(copy, STEPS)
   result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={copy}", f"--step={STEPS}"],
