@@ -194,10 +194,14 @@ def test_evaluate_and_load_model_fall_back_to_the_previous_checkpoint(copy, capl
     evaluate.evaluate(copy, step=STEPS)
 
 
-def test_evaluate_command_on_a_corrupt_step_is_one_line_with_status_2(copy):
+COMMANDS = {"evaluate": [], "sample": ["--prompt=1 2", "--max_new_tokens=2"], "inspect": ["heads"]}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_corrupt_step_asked_for_is_one_line_with_status_2(copy, command):
   truncate_state(copy, STEPS)
-  result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={copy}", f"--step={STEPS}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  result = subprocess.run([sys.executable, "-m", f"experiments.{command}", f"--workdir={copy}", f"--step={STEPS}",
+                           *COMMANDS[command]], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and f"/{STEPS} does not restore" in errors[0], result.stderr[-2000:]
