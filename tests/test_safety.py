@@ -17,13 +17,11 @@ import pytest
 
 from experiments import build, checkpoint, evaluate, steps
 from experiments.checkpoint import CheckpointError
-from experiments.files import SUMMARY_FILE, read_metrics
-from experiments.metrics import NonFiniteLoss
+from experiments.files import METRICS_FILE, SUMMARY_FILE, read_metrics
+from experiments.metrics import MetricWriter, NonFiniteLoss
 from experiments.runner import train_and_evaluate
 from experiments.validation import ConfigError
 from tests.helpers.tiny_config import tiny_config
-
-pytestmark = pytest.mark.slow  # every test trains (the shared finished run, or a run of its own)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -74,6 +72,7 @@ def restore_warnings(caplog) -> list[str]:
           r.getMessage()]
 
 
+@pytest.mark.slow
 def test_nan_with_async_saves_keeps_the_last_good_checkpoint_complete(tfds_data_dir, tmp_path):
   """The issue's command, as a process (whose exit kills a save still in flight): the NaN at step 2 must leave
   checkpoint 1 whole, where an exit during its asynchronous save left only 1.orbax-checkpoint-tmp and
@@ -97,6 +96,7 @@ def test_nan_with_async_saves_keeps_the_last_good_checkpoint_complete(tfds_data_
   assert step == 1 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_resume_after_a_nan_with_a_lower_learning_rate(tfds_data_dir, tmp_path, monkeypatch, caplog):
   """A gradient that turns NaN at step 3 while the learning rate is above 1 (its loss still finite, its
   parameters NaN) stops the run at step 3 with checkpoint 2; rerun with a learning rate below 1, the run
@@ -124,6 +124,7 @@ def test_resume_after_a_nan_with_a_lower_learning_rate(tfds_data_dir, tmp_path, 
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["learning_rate"] == 1e-3
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_rewrites_nothing(tfds_data_dir, copy):
   before = snapshot(copy)
   summary = train_and_evaluate(run_config(tfds_data_dir), copy)
@@ -131,6 +132,7 @@ def test_rerun_of_a_finished_run_rewrites_nothing(tfds_data_dir, copy):
   assert snapshot(copy) == before
 
 
+@pytest.mark.slow
 def test_fewer_steps_than_the_run_reached_is_refused(tfds_data_dir, copy):
   before = snapshot(copy)
   with pytest.raises(ConfigError, match=r"^train.steps=3 is below step 4 of the checkpoint"):
@@ -138,6 +140,7 @@ def test_fewer_steps_than_the_run_reached_is_refused(tfds_data_dir, copy):
   assert snapshot(copy) == before
 
 
+@pytest.mark.slow
 def test_a_kill_before_the_summary_gets_the_same_summary_on_rerun(tfds_data_dir, finished, copy):
   """A run killed after its last checkpoint, before summary.json: the rerun writes the summary it would have
   written (its final metrics and best evaluation) and no metric row twice."""
@@ -150,6 +153,7 @@ def test_a_kill_before_the_summary_gets_the_same_summary_on_rerun(tfds_data_dir,
   assert open(os.path.join(copy, "metrics.jsonl"), "rb").read() == metrics_before
 
 
+@pytest.mark.slow
 def test_raising_steps_continues_and_keeps_the_best(tfds_data_dir, finished, copy):
   best_before = json.loads(open(os.path.join(finished, SUMMARY_FILE)).read())["best"]
   assert best_before["step"] == 2  # the highest eval/loss, as run_config's best_mode asks
@@ -160,6 +164,7 @@ def test_raising_steps_continues_and_keeps_the_best(tfds_data_dir, finished, cop
   assert summary["best"] == best_before and max(evals, key=evals.get) == 2
 
 
+@pytest.mark.slow
 def test_a_truncated_latest_checkpoint_falls_back_with_one_warning(tfds_data_dir, copy, caplog):
   truncate_state(copy, STEPS)
   with caplog.at_level(logging.INFO):
@@ -173,6 +178,7 @@ def test_a_truncated_latest_checkpoint_falls_back_with_one_warning(tfds_data_dir
   assert [name.split(".")[0] for name in os.listdir(os.path.join(copy, checkpoint.UNREADABLE))] == [str(STEPS)]
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_is_one_error_and_changes_nothing(tfds_data_dir, copy, caplog):
   for step in (2, STEPS):
     truncate_state(copy, step)
@@ -184,6 +190,7 @@ def test_no_readable_checkpoint_is_one_error_and_changes_nothing(tfds_data_dir, 
   assert snapshot(copy) == before
 
 
+@pytest.mark.slow
 def test_evaluate_and_load_model_fall_back_to_the_previous_checkpoint(copy, caplog):
   truncate_state(copy, STEPS)
   assert evaluate.evaluate(copy)["step"] == 2
@@ -197,6 +204,7 @@ def test_evaluate_and_load_model_fall_back_to_the_previous_checkpoint(copy, capl
 COMMANDS = {"evaluate": [], "sample": ["--prompt=1 2", "--max_new_tokens=2"], "inspect": ["heads"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_corrupt_step_asked_for_is_one_line_with_status_2(copy, command):
   truncate_state(copy, STEPS)
@@ -206,3 +214,11 @@ def test_a_corrupt_step_asked_for_is_one_line_with_status_2(copy, command):
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and f"/{STEPS} does not restore" in errors[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
+
+
+def test_a_metrics_line_torn_by_a_kill_costs_no_other_row(tmp_path):
+  (tmp_path / METRICS_FILE).write_text('{"step": 1, "train/loss": 2.5}\n{"step": 2, "train/lo')
+  writer = MetricWriter(str(tmp_path))
+  writer.write(2, {"train/loss": 2.0})
+  writer.close()
+  assert read_metrics(str(tmp_path)) == [{"step": 1, "train/loss": 2.5}, {"step": 2, "train/loss": 2.0}]
