@@ -12,6 +12,7 @@ Prompts are text in the run's tokenizer (for the built-in tasks: token ids separ
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -175,6 +176,9 @@ def main(argv: list[str]) -> None:
         raise ValueError("context needs --token")
       result = run_context(f["workdir"], f["token"], prompts, f["out"], f["step"])
       print(f"step {result['step']}, positions {result['positions']}\n{result['table']}\nwrote {result['png']}")
+  except checkpoint.CheckpointError as error:  # a broken checkpoint, no usage mistake: one line, status 2
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
   except (ValueError, FileNotFoundError) as error:  # a usage mistake: one line, no traceback
     raise app.UsageError(str(error)) from error
 
