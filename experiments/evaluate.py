@@ -9,12 +9,11 @@ eval.max_batches.
 from __future__ import annotations
 
 import json
-import sys
 
 import jax
 from absl import app, flags
 
-from experiments import build, checkpoint
+from experiments import build, checkpoint, cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
@@ -36,12 +35,11 @@ def main(argv):
   del argv
   try:
     metrics = evaluate(_WORKDIR.value, _STEP.value, _MAX_BATCHES.value)
-  except FileNotFoundError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  except FileNotFoundError as error:  # not a run's workdir, or no checkpoint at that step
+    cli.fail(str(error))
   if jax.process_index() == 0:
     print(json.dumps(metrics, indent=1))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

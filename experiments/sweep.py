@@ -28,6 +28,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments.sweeps import engine
 
 
@@ -36,14 +37,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   if args.workdir is None or args.config is None:
-    raise app.UsageError("--config and --workdir are required")
+    raise app.UsageError("--config and --workdir are required, e.g. --config=configs/sweeps/heads.py "
+                         "--workdir=runs/heads")
   sweep = args.config
   workers = args.workers if args.workers is not None else sweep.workers
   try:
     counts = engine.run_command(sweep, args.workdir, args.storage, workers, args.retry_failed)
   except engine.SweepError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(error))
   except KeyboardInterrupt:
     print("interrupted: rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
@@ -61,4 +62,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)
