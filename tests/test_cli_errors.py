@@ -132,7 +132,7 @@ def _no_write_permission() -> tuple[str, ...]:
 
 @pytest.mark.slow  # each starts the train command up to its workdir (JAX, the config validated): ~3 s of CPU
 @pytest.mark.parametrize("fault", ["read-only", "workdir-is-a-file", "under-a-file", "permission-denied"])
-def test_a_workdir_the_file_system_refuses_is_one_line_and_status_2(fault, tfds_data_dir, tmp_path):
+def test_a_workdir_the_file_system_refuses_is_one_line_and_status_2(fault, tmp_path):
   prefix: tuple[str, ...] = ()
   with contextlib.ExitStack() as stack:
     if fault == "read-only":
@@ -151,9 +151,10 @@ def test_a_workdir_the_file_system_refuses_is_one_line_and_status_2(fault, tfds_
       (tmp_path / "locked").mkdir(mode=0o555)
       workdir = str(tmp_path / "locked" / "run")
       named = [workdir, "permission denied"]
-    result = run("experiments.train", *TINY, f"--config.data.data_dir={tfds_data_dir}", f"--workdir={workdir}",
+    result = run("experiments.train", *TINY, f"--config.data.data_dir={tmp_path / 'data'}", f"--workdir={workdir}",
                  prefix=prefix)
     assert_one_line(result, *named, "no checkpoint of this run")
+  assert not (tmp_path / "data").exists()  # refused before the data were prepared
   if fault in ("workdir-is-a-file", "under-a-file"):
     assert (tmp_path / "file").read_text() == "results of something else"
 
@@ -186,7 +187,7 @@ ROOT_CAUSES = [
     ({"optimizer.decay_steps": -5}, "optimizer.decay_steps="),
     ({"data.seq_len": 0}, "data.seq_len="),
     ({"data.vocab_size": -3}, "data.vocab_size="),
-    ({"eval.batch_size": -2}, "eval.batch_size="),
+    ({"eval.batch_size": -1}, "eval.batch_size="),
     ({"train.batch_size": 6, "optimizer.accumulation_steps": 4}, "train.batch_size=6 is not divisible by optimizer"),
     ({"train.batch_size": 3}, "train.batch_size=3 (micro-batch 3)"),
 ]
