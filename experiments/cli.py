@@ -100,7 +100,7 @@ def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
   if value_error:
     flag_name, value, why = value_error.group("flag", "value", "why")
     if "must have a value other than None" in why:
-      return f"--{flag_name} is required: {flags.FLAGS[flag_name].help}"
+      return f"--{flag_name} is required: {_help(flag_name)}"
     kind = flags.FLAGS[flag_name].parser.flag_type() if flag_name in flags.FLAGS else "value"
     return f"--{flag_name}={value}: {why}; give a value of type {kind}"
   if isinstance(error, flags.Error):
@@ -139,6 +139,10 @@ def _os_error(error: BaseException | None) -> tuple[int, str | None] | None:
   return None
 
 
+def _help(name: str) -> str:
+  return flags.FLAGS[name].help.rstrip(".")
+
+
 def _config_flags() -> list[tuple[str, Any]]:
   named = ((name, flags.FLAGS[name]) for name in flags.FLAGS)
   return [(name, flag) for name, flag in named if isinstance(flag.parser, ConfigFileFlagParser)]
@@ -165,7 +169,7 @@ def _load(name: str, path: str) -> tuple[Any, str | None]:
   """(config, None) from the file given to --name, or (None, why it does not load: missing, a syntax error...)."""
   file = path.split(":", 1)[0]
   if not file:
-    return None, f"--{name} is empty (--{name}: {flags.FLAGS[name].help})"
+    return None, f"--{name} is empty (--{name}: {_help(name)})"
   try:
     config = flags.FLAGS[name].parser.parse(path)
     getattr(config, "keys")  # raises the OSError of a file that could not be read
@@ -173,7 +177,7 @@ def _load(name: str, path: str) -> tuple[Any, str | None]:
     return None, f"--{name}={path}: syntax error in {error.filename} line {error.lineno}: {error.msg}; fix the file"
   except OSError:
     if not os.path.isfile(file):
-      return None, f"--{name}={path}: no such file {file!r} (--{name}: {flags.FLAGS[name].help})"
+      return None, f"--{name}={path}: no such file {file!r} (--{name}: {_help(name)})"
     return None, f"--{name}={path}: {file} cannot be read: check its permissions"
   except Exception as error:  # pylint: disable=broad-except
     # ml_collections folds the traceback of a ValueError or TypeError into the message: its last line is the error.

@@ -80,6 +80,7 @@ FLAG_CASES = [
                  ["--config.modl.vocab_size", "did you mean --config.model"], id="params-unknown-key", marks=SLOW),
     pytest.param("experiments.params", ["--config=configs/gpt3.py:bogus"], ["--config=configs/gpt3.py:bogus", "175b"],
                  id="params-get-config-fails", marks=SLOW),
+    pytest.param("experiments.params", [], ["exactly one of --config", "--workdir"], id="params-neither", marks=SLOW),
     # The sweep and the report import no JAX: a fraction of a second each.
     pytest.param("experiments.sweep", ["--config=configs/sweeps/heads.py", "--workdir={W}", "--config.num_trialz=3"],
                  ["--config.num_trialz", "did you mean --config.num_trials"], id="sweep-unknown-key"),
