@@ -9,12 +9,11 @@ eval.max_batches.
 from __future__ import annotations
 
 import json
-import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from experiments import build, checkpoint
+from experiments import build, checkpoint, cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
@@ -41,12 +40,11 @@ def main(argv):
   del argv
   try:
     metrics = evaluate(_WORKDIR.value, _STEP.value, _MAX_BATCHES.value)
-  except (FileNotFoundError, checkpoint.CheckpointError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+  except (FileNotFoundError, checkpoint.CheckpointError) as error:  # not a run, or no readable checkpoint
+    cli.fail(str(error))
   if jax.process_index() == 0:
     print(json.dumps(metrics, indent=1))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from experiments import checkpoint
+from experiments import checkpoint, cli
 from experiments.data import tokenizers
 from experiments.inspection import context, forward_pass, head_scores, html_page, parsing, plots, tables
 
@@ -185,4 +185,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   _FLAGS.update(_define_flags())
-  app.run(main)
+  cli.run(main)

@@ -21,6 +21,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments.files import CONFIG_FILE
 from transformer import ModelConfig, accounting, model_config_from
 
@@ -90,7 +91,7 @@ def _sections() -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
   with open(path) as f:
     saved = json.load(f)
   if "model" not in saved:
-    raise ValueError(f"{path} has no 'model' section")
+    raise app.UsageError(f"{path} has no 'model' section: is --workdir a run's directory?")
   return saved["model"], saved.get("data", {})
 
 
@@ -108,4 +109,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,6 +15,7 @@ import os
 
 from absl import app, flags
 
+from experiments import cli
 from experiments.sweeps import report
 
 
@@ -23,7 +24,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   workdir = flags.FLAGS.workdir
   if workdir is None:
-    raise app.UsageError("--workdir is required")
+    raise app.UsageError("--workdir is required: a sweep's directory (with trials/) or a run's")
+  if not os.path.isdir(workdir):
+    raise app.UsageError(f"--workdir={workdir} is not a folder: give a sweep's directory (with trials/) or a run's")
   result = report.report(workdir, flags.FLAGS.metric)
   with open(os.path.join(workdir, "results.md"), encoding="utf-8") as f:
     print(f.read())
@@ -34,4 +37,4 @@ if __name__ == "__main__":
   # Defined here, not at import: tests import this module beside others that define --workdir.
   flags.DEFINE_string("workdir", None, "A sweep's workdir (with trials/) or a single run's workdir.")
   flags.DEFINE_string("metric", None, "Metric of the table and plots (default: the sweep's, or eval/loss).")
-  app.run(main)
+  cli.run(main)

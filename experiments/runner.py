@@ -59,22 +59,30 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False)
   raising train.steps continues it from its last checkpoint.
 
   Raises:
-    ConfigError: the config is invalid, or does not fit the workdir's run (nothing was written).
+    ConfigError: the config is invalid, or its model or data differ from the run saved in the workdir; both are
+      found before any data are prepared, except a vocabulary only the data tell (nothing was written).
     WorkdirLocked: another live run uses the workdir.
+    OSError: the workdir cannot be made or written (read-only, not a folder, no space...).
     NonFiniteLoss: the loss became NaN or infinite (the last good checkpoint stays, complete).
     CheckpointError: none of the workdir's checkpoints restores (nothing was written).
   """
   errors = validation.validate(config)
   if errors:
     raise ConfigError("\n".join(errors))
+  # Before the data: a changed data section would otherwise prepare a whole new dataset only to be refused.
+  conflict = resume_conflict(workdir, config)
+  if conflict:
+    raise ConfigError(conflict)
   start_time = time.time()
-  data = build.load_data(config)
-  config = validation.resolve(config, data.vocab_size)
-  if config.model.vocab_size < data.vocab_size:
-    raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the data's {data.vocab_size} "
-                      f"tokens: set 0 to follow the data")
+  # Made and locked before the data too, so a workdir that cannot be written fails at once.
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock(workdir, jax.process_index()):
+    data = build.load_data(config)
+    config = validation.resolve(config, data.vocab_size)
+    if config.model.vocab_size < data.vocab_size:
+      raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the data's {data.vocab_size} "
+                        f"tokens: set 0 to follow the data")
+    # Again with what the data resolved (a character vocabulary), and now under the lock.
     conflict = resume_conflict(workdir, config)
     if conflict:
       raise ConfigError(conflict)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import checkpoint
+from experiments import checkpoint, cli
 from experiments.data import tokenizers
 from transformer import TransformerLM, decode_step, init_cache
 
@@ -151,8 +151,7 @@ def main(argv):
     if len(prompt_ids) == 0:
       raise ValueError("prompt: encodes to no token; give some text")
   except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(error))
   print(f"# {f.workdir} step {step}, seed {f.seed}", file=sys.stderr)
 
   def write(piece: str) -> None:
@@ -170,4 +169,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -33,6 +33,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments.sweeps import engine
 
 
@@ -41,18 +42,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   if args.workdir is None or args.config is None:
-    raise app.UsageError("--config and --workdir are required")
+    raise app.UsageError("--config and --workdir are required, e.g. --config=configs/sweeps/heads.py "
+                         "--workdir=runs/heads")
   sweep = args.config
   workers = args.workers if args.workers is not None else sweep.workers
   try:
     counts = engine.run_command(sweep, args.workdir, args.storage, workers, args.retry_failed)
   except engine.SweepError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(error))
   except engine.Unfinished as error:
     print(json.dumps(error.counts))
-    print(f"not finished: {error}", file=sys.stderr)
-    sys.exit(3)
+    cli.fail(f"not finished: {error}", status=3)
   except KeyboardInterrupt:
     print("interrupted: rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
@@ -70,4 +70,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.checkpoint import CheckpointError
+from experiments import cli
+from experiments.checkpoint import CHECKPOINTS, CheckpointError
 from experiments.host import keep_freed_memory, one_heap_pays
 from experiments.metrics import NonFiniteLoss
 from experiments.runner import train_and_evaluate
@@ -42,21 +42,43 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=process_id)
 
 
+def surviving_checkpoints(workdir: str) -> str:
+  """What a run stopped by a fault leaves: its complete checkpoints, said in words for the error line."""
+  folder = os.path.join(workdir, CHECKPOINTS)
+  try:
+    # orbax writes a checkpoint under a temporary name and renames it to its bare step only once it is whole.
+    steps = sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+  except OSError:
+    steps = []
+  if not steps:
+    return f"no checkpoint of this run is in {folder}"
+  return f"the checkpoints up to step {steps[-1]} in {folder} are complete (a rerun resumes from step {steps[-1]})"
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
   if _WORKDIR.value is None or _CONFIG.value is None:
-    raise app.UsageError("--config and --workdir are required")
+    raise app.UsageError("--config and --workdir are required, e.g. --config=configs/default.py --workdir=runs/default")
   keep_freed_memory(one_heap=one_heap_pays(_CONFIG.value))
   initialize_distributed()
   try:
     summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
-  except (ConfigError, CheckpointError, WorkdirLocked, NonFiniteLoss) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2 if isinstance(error, (ConfigError, CheckpointError)) else 1)
+  except (ConfigError, CheckpointError) as error:
+    cli.fail(str(error))
+  except (WorkdirLocked, NonFiniteLoss) as error:
+    cli.fail(str(error), status=1)
+  except Exception as error:  # pylint: disable=broad-except
+    # A fault of the file system under the workdir (read-only, not a folder, full...) is told in one line with
+    # what survives; anything else is a bug, with its traceback.
+    line = cli.os_error_line(error)
+    if line is None:
+      raise
+    # A full disk stops a run the same command resumes once there is space; the others need another workdir.
+    cli.fail(f"{line}; {surviving_checkpoints(_WORKDIR.value)}", status=1 if cli.is_disk_full(error) else 2)
   if jax.process_index() == 0:
     print(json.dumps({k: summary[k] for k in ("status", "step", "final", "parameters", "wall_time_sec")}, indent=1))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -94,6 +94,9 @@ def model_config(config: ConfigDict) -> ModelConfig:
 def validate(config: ConfigDict, device_count: int | None = None, process_count: int | None = None) -> list[str]:
   """Returns every problem of the config as one line each (empty when the config is good).
 
+  Only root causes: a check of a value derived from one already reported (a size the data section sets, a
+  bound another key gives, a batch size the eval takes from training) is skipped, so one mistake is one line.
+
   Args:
     config: the run config.
     device_count: devices of the whole job (default: jax.device_count()).
@@ -103,9 +106,10 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
   process_count = jax.process_count() if process_count is None else process_count
   errors: list[str] = []
 
-  def check(ok: bool, message: str) -> None:
+  def check(ok: bool, message: str) -> bool:
     if not ok:
       errors.append(message)
+    return ok
 
   d, o, t, ck, e = config.data, config.optimizer, config.train, config.checkpoint, config.eval
   if d.task == datasets.TEXT:
@@ -117,14 +121,17 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
       tasks.make_config(d.task, **datasets.task_sizes(d))
     except ValueError as error:
       errors.append(f"data.{error}")
-  resolved = resolve(config, datasets.known_vocab_size(d) or _UNKNOWN_VOCAB)
+  known_vocab = datasets.known_vocab_size(d)
+  # Sizes the model takes from the data are checked with the data: a bad one gets a stand-in here.
+  resolved = resolve(config, max(known_vocab or 0, _UNKNOWN_VOCAB))
+  if config.model.max_len == 0:
+    resolved.model.max_len = max(d.seq_len, 1)
   model = None
   try:
     model = model_config_from(resolved.model)
   except ValueError as error:
     errors.append(str(error))
   if model is not None:
-    known_vocab = datasets.known_vocab_size(d)
     check(known_vocab is None or model.vocab_size >= known_vocab,
           f"model.vocab_size={model.vocab_size} is smaller than the data's {known_vocab} tokens: "
           f"set 0 to follow the data")
@@ -132,14 +139,15 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
           f"data.seq_len={d.seq_len} is longer than model.max_len={model.max_len} (the position table): "
           f"raise model.max_len or set it to 0")
 
-  check(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be positive")
+  learning_rate_ok = check(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be positive")
   check(o.schedule in SCHEDULES,
         f"optimizer.schedule={o.schedule!r} is unknown: expected one of {', '.join(SCHEDULES)}")
   check(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0")
   check(o.decay_steps >= 0, f"optimizer.decay_steps={o.decay_steps} must be >= 0 (0 = train.steps)")
-  check(o.warmup_steps <= (o.decay_steps or t.steps),
-        f"optimizer.warmup_steps={o.warmup_steps} exceeds the decay steps {o.decay_steps or t.steps}")
-  check(0 <= o.end_learning_rate <= o.learning_rate,
+  decay_steps = o.decay_steps or t.steps
+  check(o.warmup_steps < 0 or decay_steps < 1 or o.warmup_steps <= decay_steps,
+        f"optimizer.warmup_steps={o.warmup_steps} exceeds the decay steps {decay_steps}")
+  check(0 <= o.end_learning_rate and (not learning_rate_ok or o.end_learning_rate <= o.learning_rate),
         f"optimizer.end_learning_rate={o.end_learning_rate} must be in [0, learning_rate={o.learning_rate}]")
   check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optimizer.b1={o.b1}, b2={o.b2}: Adam betas must be in [0, 1)")
   check(o.eps > 0, f"optimizer.eps={o.eps} must be positive")
@@ -173,13 +181,17 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
   if mesh_shape is not None:
     batch_ways = mesh_shape["data"] * mesh_shape["fsdp"]
     micro = t.batch_size // max(o.accumulation_steps, 1)
-    check(t.batch_size % max(o.accumulation_steps, 1) == 0,
-          f"train.batch_size={t.batch_size} is not divisible by optimizer.accumulation_steps={o.accumulation_steps}")
-    check(micro % batch_ways == 0,
-          f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the data-parallel size "
-          f"{batch_ways} (mesh.data x mesh.fsdp)")
-    check(t.batch_size % process_count == 0,
-          f"train.batch_size={t.batch_size} is not divisible by the {process_count} processes")
+    # Each division is checked only on a batch the checks before it passed (a bad size is reported above).
+    batch_ok = t.batch_size >= 1 and o.accumulation_steps >= 1 and check(
+        t.batch_size % o.accumulation_steps == 0,
+        f"train.batch_size={t.batch_size} is not divisible by optimizer.accumulation_steps={o.accumulation_steps}")
+    if batch_ok:
+      divides_mesh = check(micro % batch_ways == 0,
+                           f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the "
+                           f"data-parallel size {batch_ways} (mesh.data x mesh.fsdp)")
+      divides_processes = check(t.batch_size % process_count == 0,
+                                f"train.batch_size={t.batch_size} is not divisible by the {process_count} processes")
+      batch_ok = divides_mesh and divides_processes
     # Every process reads its own batch rows, so the devices that share rows (one tensor group, the
     # innermost mesh axis) must all belong to one process; otherwise training is silently wrong.
     local_devices = device_count // max(process_count, 1)
@@ -188,7 +200,9 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
           f"lie within one process; shrink mesh.tensor or use data/fsdp across processes")
     eval_batch = e.batch_size or t.batch_size
     check(e.batch_size >= 0, f"eval.batch_size={e.batch_size} must be >= 0 (0 = train.batch_size)")
-    check(eval_batch % batch_ways == 0 and eval_batch % process_count == 0,
+    # An eval batch of 0 takes the train batch size: one already found wrong is not reported again here.
+    eval_ok = e.batch_size > 0 or (e.batch_size == 0 and batch_ok)
+    check(not eval_ok or (eval_batch % batch_ways == 0 and eval_batch % process_count == 0),
           f"eval.batch_size={eval_batch} is not divisible by the data-parallel size {batch_ways} and "
           f"the {process_count} processes")
     if model is not None and rules is not None:

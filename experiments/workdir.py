@@ -15,6 +15,10 @@ from ml_collections import ConfigDict
 from experiments.files import CONFIG_FILE, exclusive_lock
 
 
+# The keys a 0 in the config means "from the data" for (validation.resolve fills them in before they are saved).
+FROM_THE_DATA = {"model": ("vocab_size", "max_len")}
+
+
 class WorkdirLocked(RuntimeError):
   """Another live process trains in this workdir."""
 
@@ -52,6 +56,10 @@ def workdir_lock(workdir: str, process_index: int) -> Iterator[None]:
 def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
   """Why a workdir whose saved model or data differ from this config's cannot resume; None when it can.
 
+  Args:
+    workdir: the run's directory.
+    config: the config to resume with, as given or resolved: a 0 of FROM_THE_DATA matches the saved value.
+
   Returns:
     One line naming the first key that differs (the caller raises it as a ConfigError), or None when the
     workdir has no saved config or its model and data sections match.
@@ -65,7 +73,8 @@ def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
     old, new = saved.get(section, {}), config[section].to_dict()
     # Where the data live is not what they are: a moved data_dir or manual_dir resumes.
     changed = sorted(k for k in set(old) | set(new)
-                     if old.get(k) != new.get(k) and k not in ("data_dir", "manual_dir"))
+                     if old.get(k) != new.get(k) and k not in ("data_dir", "manual_dir")
+                     and not (new.get(k) == 0 and k in FROM_THE_DATA.get(section, ())))
     if changed:
       key = changed[0]
       return (f"{section}.{key}={new.get(key)!r} differs from {old.get(key)!r} saved in {path}: "

@@ -28,7 +28,7 @@ from configs import base
 from experiments import checkpoint, validation
 from experiments.data import pipeline
 from helpers import components, launch  # tests/ is on sys.path under pytest's default (prepend) import mode
-from helpers.metrics import train_losses, written_steps
+from helpers.metrics import written_steps
 
 STEPS = 6
 # With dropout, whose masks each process draws its part of (see test_multidevice.py).

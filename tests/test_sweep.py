@@ -16,7 +16,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from experiments import validation
-from experiments.files import read_metrics, write_json
+from experiments.files import write_json
 from experiments.sweeps import engine, results, space, studies, trials
 from tests.helpers import config_files, postgres
 from tests.helpers.metrics import train_losses, written_steps

@@ -1,0 +1,246 @@
+"""Mistakes and faults as a user meets them: one line on stderr naming the flag, key or path and the fix.
+
+Each command-line or config mistake, in a subprocess of the command, exits with status 2 before anything is
+built; a workdir the file system refuses (read-only, a file, under a file, not writable) too; a disk that
+fills mid-run exits with status 1 and says which checkpoints are complete. The validator reports root causes
+only, and a changed data section is refused before the data are prepared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from experiments import build, checkpoint, runner, validation
+from experiments.files import CONFIG_FILE, write_json
+from experiments.validation import ConfigError
+from experiments.workdir import resume_conflict
+from tests.helpers.tiny_config import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# absl's INFO lines (JAX's "Unable to initialize backend 'tpu'") are the log, not the command's message.
+_INFO_LOG = re.compile(r"^I\d{4} ")
+# The issue's tiny recall run, as a user types it.
+TINY = ["--config=configs/default.py", "--noprogress", "--config.model.d_model=32", "--config.model.num_heads=2",
+        "--config.data.num_train=512", "--config.data.num_validation=64", "--config.data.seq_len=24",
+        "--config.data.vocab_size=32", "--config.train.batch_size=8", "--config.train.steps=20",
+        "--config.optimizer.warmup_steps=0"]
+SYNTAX_ERROR = "def get_config():\n  return {'model': }\n"
+
+
+def run(module: str, *args: str, timeout: int = 120, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+  return subprocess.run([*prefix, sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, check=False)
+
+
+def message_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.strip() and not _INFO_LOG.match(line)]
+
+
+def assert_one_line(result: subprocess.CompletedProcess, *named: str, status: int = 2) -> str:
+  """The command exited with `status` and said one line, naming each of `named`; returns the line."""
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = message_lines(result.stderr)
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+  assert result.returncode == status, (result.returncode, lines)
+  for name in named:
+    assert name in lines[0], (name, lines[0])
+  return lines[0]
+
+
+# (id, module, arguments, what the line names); {W} is an empty folder, {F} a regular file, {S} a config file with a
+# syntax error on line 2. Every command is here. A command that imports JAX costs ~2 s of CPU before it parses its
+# flags, so the fast tier keeps the issue's four mistakes of `train` and one required flag; the rest are SLOW.
+SLOW = pytest.mark.slow
+FLAG_CASES = [
+    pytest.param("experiments.train", ["--config=configs/default.py", "--workdir={W}", "--config.model.num_headz=4"],
+                 ["--config.model.num_headz", "did you mean --config.model.num_heads"], id="train-unknown-key"),
+    pytest.param("experiments.train", ["--config=configs/default.py", "--workdir={W}", "--config.train.steps=abc"],
+                 ["--config.train.steps=abc", "int"], id="train-bad-type"),
+    pytest.param("experiments.train", ["--config=configs/nope.py", "--workdir={W}"],
+                 ["--config=configs/nope.py", "no such file"], id="train-missing-config-file"),
+    pytest.param("experiments.train", ["--config={S}", "--workdir={W}"], ["--config=", "syntax error", "line 2"],
+                 id="train-config-syntax-error"),
+    pytest.param("experiments.evaluate", [], ["--workdir is required"], id="evaluate-no-workdir"),
+    pytest.param("experiments.train", ["--config=configs/default.py"], ["--workdir", "required"],
+                 id="train-no-workdir", marks=SLOW),
+    pytest.param("experiments.evaluate", ["--workdir={W}"], ["config.json", "does not exist"], id="evaluate-not-a-run",
+                 marks=SLOW),
+    pytest.param("experiments.sample", [], ["--workdir is required"], id="sample-no-workdir", marks=SLOW),
+    pytest.param("experiments.inspect", ["heads"], ["--workdir is required"], id="inspect-no-workdir", marks=SLOW),
+    pytest.param("experiments.params", ["--config=configs/base.py", "--config.modl.vocab_size=3"],
+                 ["--config.modl.vocab_size", "did you mean --config.model"], id="params-unknown-key", marks=SLOW),
+    pytest.param("experiments.params", ["--config=configs/gpt3.py:bogus"], ["--config=configs/gpt3.py:bogus", "175b"],
+                 id="params-get-config-fails", marks=SLOW),
+    pytest.param("experiments.params", [], ["exactly one of --config", "--workdir"], id="params-neither", marks=SLOW),
+    # The sweep and the report import no JAX: a fraction of a second each.
+    pytest.param("experiments.sweep", ["--config=configs/sweeps/heads.py", "--workdir={W}", "--config.num_trialz=3"],
+                 ["--config.num_trialz", "did you mean --config.num_trials"], id="sweep-unknown-key"),
+    pytest.param("experiments.sweep", ["--config=configs/sweeps/nope.py", "--config.num_trials=3", "--workdir={W}"],
+                 ["configs/sweeps/nope.py", "no such file"], id="sweep-missing-config-with-override"),
+    pytest.param("experiments.sweep", ["--config={S}", "--workdir={W}"], ["syntax error", "line 2"],
+                 id="sweep-config-syntax-error"),
+    pytest.param("experiments.sweep", ["--workdir={W}"], ["--config and --workdir are required"], id="sweep-no-config"),
+    pytest.param("experiments.report", [], ["--workdir is required"], id="report-no-workdir"),
+    pytest.param("experiments.report", ["--workdir={F}"], ["{F}", "not a folder"], id="report-workdir-is-a-file"),
+    pytest.param("experiments.report", ["--workdirr=x"], ["workdirr"], id="report-unknown-flag"),
+]
+
+
+@pytest.mark.parametrize("module, args, named", FLAG_CASES)
+def test_a_command_line_mistake_is_one_line_and_status_2(module, args, named, tmp_path):
+  places = {"W": str(tmp_path / "work"), "F": str(tmp_path / "file"), "S": str(tmp_path / "syntax_error.py")}
+  os.mkdir(places["W"])
+  (tmp_path / "file").write_text("not a folder")
+  (tmp_path / "syntax_error.py").write_text(SYNTAX_ERROR)
+  result = run(module, *(a.format(**places) for a in args))
+  assert_one_line(result, *(n.format(**places) for n in named))
+  assert os.listdir(places["W"]) == []  # nothing was written
+
+
+@contextlib.contextmanager
+def tmpfs(path: str, options: str) -> Iterator[str]:
+  """A tmpfs mounted at `path` for the block (skips the test where mounting is not permitted)."""
+  os.makedirs(path, exist_ok=True)
+  if shutil.which("mount") is None:
+    pytest.skip("no mount command: cannot make a read-only or a small file system")
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path], capture_output=True, text=True,
+                           check=False)
+  if mounted.returncode != 0:
+    pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", path], check=False)
+
+
+def _no_write_permission() -> tuple[str, ...]:
+  """A command prefix that runs without the power to write where permissions forbid it (root has it)."""
+  if os.geteuid() != 0:
+    return ()
+  if shutil.which("setpriv") is None:
+    pytest.skip("running as root without setpriv: permissions do not stop root from writing")
+  return ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+
+@pytest.mark.slow  # each starts the train command up to its workdir (JAX, the config validated): ~3 s of CPU
+@pytest.mark.parametrize("fault", ["read-only", "workdir-is-a-file", "under-a-file", "permission-denied"])
+def test_a_workdir_the_file_system_refuses_is_one_line_and_status_2(fault, tmp_path):
+  prefix: tuple[str, ...] = ()
+  with contextlib.ExitStack() as stack:
+    if fault == "read-only":
+      workdir = os.path.join(stack.enter_context(tmpfs(str(tmp_path / "ro"), "ro,size=64k")), "run")
+      named = [workdir, "read-only"]
+    elif fault == "workdir-is-a-file":
+      workdir = str(tmp_path / "file")
+      (tmp_path / "file").write_text("results of something else")
+      named = [workdir, "not a folder"]
+    elif fault == "under-a-file":
+      (tmp_path / "file").write_text("results of something else")
+      workdir = str(tmp_path / "file" / "run")
+      named = [workdir, "is a file, not a folder"]
+    else:
+      prefix = _no_write_permission()
+      (tmp_path / "locked").mkdir(mode=0o555)
+      workdir = str(tmp_path / "locked" / "run")
+      named = [workdir, "permission denied"]
+    result = run("experiments.train", *TINY, f"--config.data.data_dir={tmp_path / 'data'}", f"--workdir={workdir}",
+                 prefix=prefix)
+    assert_one_line(result, *named, "no checkpoint of this run")
+  assert not (tmp_path / "data").exists()  # refused before the data were prepared
+  if fault in ("workdir-is-a-file", "under-a-file"):
+    assert (tmp_path / "file").read_text() == "results of something else"
+
+
+@pytest.mark.slow  # trains a tiny model until its disk is full
+def test_a_full_disk_mid_run_says_which_checkpoints_are_complete(tfds_data_dir, tmp_path):
+  with tmpfs(str(tmp_path / "small"), "size=2m") as small:
+    workdir = os.path.join(small, "run")
+    # Every checkpoint is kept (~0.5 MB each), so the disk fills after a few, whatever their exact size.
+    result = run("experiments.train", *TINY, f"--config.data.data_dir={tfds_data_dir}", f"--workdir={workdir}",
+                 "--config.train.steps=200", "--config.train.checkpoint_every=2", "--config.checkpoint.keep=1000",
+                 timeout=600)
+    folder = os.path.join(workdir, checkpoint.CHECKPOINTS)
+    complete = sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+    assert complete and complete[-1] < 200, complete
+    # orbax's writer threads print their own tracebacks as they fail; the command's is the one line it says.
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "no space left" in errors[0] and f"up to step {complete[-1]} in {folder}" in errors[0], errors
+    assert "experiments/" not in result.stderr, result.stderr[-3000:]  # no traceback through the project's code
+    _, _, step = checkpoint.load_model(workdir, complete[-1])  # what the line promises restores
+    assert step == complete[-1]
+
+
+# (override, the key of the one line reported); each would also fail a check of a value derived from it.
+ROOT_CAUSES = [
+    ({"optimizer.learning_rate": -1.0}, "optimizer.learning_rate="),
+    ({"train.steps": 0}, "train.steps="),
+    ({"optimizer.decay_steps": -5}, "optimizer.decay_steps="),
+    ({"data.seq_len": 0}, "data.seq_len="),
+    ({"data.vocab_size": -3}, "data.vocab_size="),
+    ({"eval.batch_size": -1}, "eval.batch_size="),
+    ({"train.batch_size": 6, "optimizer.accumulation_steps": 4}, "train.batch_size=6 is not divisible by optimizer"),
+    ({"train.batch_size": 3}, "train.batch_size=3 (micro-batch 3)"),
+]
+
+
+@pytest.mark.parametrize("overrides, key", ROOT_CAUSES, ids=[k for _, k in ROOT_CAUSES])
+def test_the_validator_reports_only_the_root_cause(overrides, key, tmp_path):
+  config = tiny_config(str(tmp_path), {"train.steps": 20, **overrides})
+  errors = validation.validate(config, device_count=2, process_count=1)
+  assert len(errors) == 1 and errors[0].startswith(key), errors
+
+
+def test_a_second_root_cause_is_still_reported(tmp_path):
+  config = tiny_config(str(tmp_path), {"train.steps": 20, "optimizer.learning_rate": -1.0,
+                                       "optimizer.end_learning_rate": -1.0, "train.batch_size": 3})
+  errors = validation.validate(config, device_count=2, process_count=1)
+  assert [e.split("=")[0] for e in errors] == ["optimizer.learning_rate", "optimizer.end_learning_rate",
+                                               "train.batch_size"], errors
+
+
+class _DataPrepared(Exception):
+  """Raised in place of preparing the data: the run got past every check that comes first."""
+
+
+def _saved_run(workdir: str, config) -> None:
+  """A workdir as a run leaves it: its resolved config (vocab_size and max_len from the data) in config.json."""
+  os.makedirs(workdir)
+  write_json(os.path.join(workdir, CONFIG_FILE), validation.resolve(config).to_dict())
+
+
+def test_a_data_change_is_refused_before_the_data_are_prepared(tmp_path, monkeypatch):
+  config = tiny_config(str(tmp_path / "data"), {"train.steps": 20})
+  _saved_run(str(tmp_path / "run"), config)
+  monkeypatch.setattr(build, "load_data", lambda c: pytest.fail("the new data were prepared"))
+  changed = tiny_config(str(tmp_path / "data"), {"train.steps": 20, "data.num_pairs": 5})
+  with pytest.raises(ConfigError, match=r"data\.num_pairs=5 differs from 4"):
+    runner.train_and_evaluate(changed, str(tmp_path / "run"))
+  assert not (tmp_path / "data").exists()
+
+
+def test_an_unchanged_resume_passes_the_check_whatever_the_data_resolve(tmp_path, monkeypatch):
+  config = tiny_config(str(tmp_path / "data"), {"train.steps": 20})
+  _saved_run(str(tmp_path / "run"), config)
+  with open(tmp_path / "run" / CONFIG_FILE) as f:
+    saved = json.load(f)["model"]
+  assert config.model.vocab_size == 0 and config.model.max_len == 0  # "from the data", as given
+  assert saved["vocab_size"] == 32 and saved["max_len"] == 24  # as saved, resolved
+  assert resume_conflict(str(tmp_path / "run"), config) is None
+
+  def prepared(c):
+    raise _DataPrepared
+
+  monkeypatch.setattr(build, "load_data", prepared)
+  with pytest.raises(_DataPrepared):
+    runner.train_and_evaluate(config, str(tmp_path / "run"))
