@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,8 +101,9 @@ def main(argv: list[str]) -> None:
   model, data = _sections()
   try:
     config = model_config(model, data)
-  except ValueError as e:  # a config mistake: one line naming the key, no traceback
-    raise app.UsageError(str(e)) from e
+  except ValueError as e:  # a config mistake: one line naming the key, no traceback, status 2 as in training
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   data_seq_len = (data if data is not None else _CONFIG.value.get("data", {})).get("seq_len", 0)
   seq_len = _SEQ_LEN.value or data_seq_len or config.max_len
   print(report(config, seq_len, _JSON.value))

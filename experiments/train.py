@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from experiments.host import keep_freed_memory, one_heap_pays
 from experiments.metrics import NonFiniteLoss
 from experiments.runner import train_and_evaluate
-from experiments.validation import ConfigError
+from experiments.validation import ConfigError, parse_flags
 from experiments.workdir import WorkdirLocked
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (with :arg for variants).")
@@ -58,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

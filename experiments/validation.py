@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import flax.linen as nn
 import jax
+from absl import flags
 from ml_collections import ConfigDict
 
 from experiments import sharding
@@ -28,6 +30,28 @@ EVAL_METRICS = ("eval/loss", "eval/accuracy", "eval/sequence_accuracy", "eval/pe
                 "eval/bits_per_byte")
 # A stand-in vocabulary for checking the model before the char tokenizer has read the text.
 _UNKNOWN_VOCAB = 2
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for a command, where a bad flag or config override is one line and exit status 2.
+
+  Args:
+    argv: the command line, program name first.
+
+  Returns:
+    The arguments left after the flags, program name first.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    message = str(error)
+  except (AttributeError, KeyError) as error:
+    # ml_collections reports an override of a key the config lacks (`--config.optimizer.learning_rat`) as an
+    # AttributeError holding the repr of a KeyError's two lines; absl would let it through as a traceback.
+    text = str(error).strip("'").replace("\\'", "'").replace("\\n", ": ")
+    message = f"no config key {text}"
+  print(f"error: {' '.join(message.split())}", file=sys.stderr)
+  sys.exit(2)
 
 
 def resolve(config: ConfigDict, data_vocab_size: int | None = None) -> ConfigDict:
