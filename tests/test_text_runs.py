@@ -8,11 +8,12 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import base, shakespeare_char
-from experiments import evaluate
+from experiments import checkpoint, evaluate
 from experiments.data import text, tokenizers
 from experiments.files import read_metrics
 from experiments.runner import train_and_evaluate
@@ -108,11 +109,26 @@ def test_text_runs_resume_bitwise(tfds_data_dir, corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_reads_the_checkpoint_and_the_text(char_run):
+def test_evaluate_reads_the_checkpoint_and_the_text(char_run, tfds_data_dir, corpus):
   metrics = evaluate.evaluate(char_run)
   final = [m for m in read_metrics(char_run) if "eval/loss" in m][-1]
   assert metrics["step"] == final["step"]
-  assert metrics["eval/bits_per_char"] == pytest.approx(final["eval/bits_per_char"], rel=1e-6)
+  # By hand: the validation text's tokens in consecutive windows of T, every token after the first predicted
+  # once; cross-entropy in float64 from the model's logits, in bits over the characters (one per token here).
+  model, params, _ = checkpoint.load_model(char_run)
+  builder = text.prepare_builder(text.TEXT_FILES, tfds_data_dir, text_files=corpus, validation_fraction=0.1)
+  ids = np.asarray(tokenizers.load_from_workdir(char_run).encode("".join(text.split_texts(builder, "validation"))))
+  seq_len, total = 32, 0.0
+  full = (len(ids) - 1) // seq_len * seq_len  # the full windows in one batch, then the shorter last one
+  for inputs_BL, targets_BL in ((ids[:full].reshape(-1, seq_len), ids[1:full + 1].reshape(-1, seq_len)),
+                                (ids[full:-1][None], ids[full + 1:][None]))[:1 + (full < len(ids) - 1)]:
+    logits_BLV = np.asarray(model.apply({"params": params}, jnp.asarray(inputs_BL)), np.float64)
+    log_probs_BLV = logits_BLV - logits_BLV.max(-1, keepdims=True)
+    log_probs_BLV -= np.log(np.exp(log_probs_BLV).sum(-1, keepdims=True))
+    total -= np.take_along_axis(log_probs_BLV, targets_BL[..., None], -1).sum()
+  assert metrics["eval/loss"] == pytest.approx(total / (len(ids) - 1), rel=1e-5)
+  assert metrics["eval/bits_per_char"] == pytest.approx(total / math.log(2) / (len(ids) - 1), rel=1e-5)
+  assert final["eval/bits_per_char"] == pytest.approx(metrics["eval/bits_per_char"], rel=1e-6)
 
 
 def _sample(workdir: str, *flags: str) -> subprocess.CompletedProcess:
