@@ -101,8 +101,8 @@ def main(argv: list[str]) -> None:
   model, data = _sections()
   try:
     config = model_config(model, data)
-  except ValueError as e:  # a config mistake: one line naming the key, no traceback
-    raise app.UsageError(str(e)) from e
+  except ValueError as e:  # a config mistake: one line naming the key, no traceback, status 2 as in training
+    cli.fail(str(e))
   data_seq_len = (data if data is not None else _CONFIG.value.get("data", {})).get("seq_len", 0)
   seq_len = _SEQ_LEN.value or data_seq_len or config.max_len
   print(report(config, seq_len, _JSON.value))

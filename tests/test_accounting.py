@@ -23,6 +23,9 @@ PER_WEIGHT_PER_HEAD = 1_572_864  # D x K = 12288 x 128
 PER_HEAD = 6_291_456  # query, key, value_down, value_up
 PER_BLOCK_ATTENTION = 603_979_776  # 96 heads
 ATTENTION = 57_982_058_496  # 96 layers
+# Per block: attention 4 D^2 and its biases 4 D, MLP 8 D^2 (F = 4 D) and its biases 5 D, two norms 4 D; 96 blocks,
+# the tied embedding V D (V = 50257), learned positions 2048 D and the final norm 2 D.
+TOTAL = 96 * (12 * 12288**2 + 13 * 12288) + 50257 * 12288 + 2048 * 12288 + 2 * 12288
 
 
 def _config(module, variant: str) -> ModelConfig:
@@ -35,6 +38,7 @@ def test_gpt3_175b_attention_figures():
   assert sum(counts["per_head"].values()) == PER_HEAD
   assert counts["per_block_attention"] == PER_BLOCK_ATTENTION
   assert counts["attention"] == ATTENTION
+  assert counts["total"] == TOTAL == 174_604_259_328  # the README's figure
 
 
 @pytest.mark.parametrize("size", gpt2.VARIANTS)
@@ -209,8 +213,9 @@ def test_cli_json_for_175b():
   assert out["per_head"] == dict.fromkeys(("query", "key", "value_down", "value_up"), PER_WEIGHT_PER_HEAD)
   assert out["per_block_attention"] == PER_BLOCK_ATTENTION
   assert out["attention"] == ATTENTION
-  assert out["total"] == parameter_counts(_config(gpt3, "175b"))["total"]
-  assert out["flops_per_token"] == flops_per_token(_config(gpt3, "175b"), 2048)
+  assert out["total"] == TOTAL
+  # PaLM's 6 W + 12 N H K T at T = 2048: W the 96 blocks' 12 D^2 matmul weights plus the tied unembedding V D.
+  assert out["flops_per_token"] == 6 * (96 * 12 * 12288**2 + 50257 * 12288) + 12 * 96 * 96 * 128 * 2048
 
 
 def test_cli_workdir_and_errors(tmp_path):
@@ -225,5 +230,7 @@ def test_cli_workdir_and_errors(tmp_path):
 
   # With --config, a 0 is an error naming the key.
   result = _cli("--config=configs/base.py")
-  assert result.returncode != 0
-  assert "model.vocab_size" in result.stderr
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [
+      "error: model.vocab_size is 0 (taken from the data in training), and this command reads no data: set it, e.g. "
+      "--config.model.vocab_size=1024"]

@@ -231,11 +231,17 @@ def test_training_writes_pattern_images_and_head_scalars_at_each_evaluation(trai
   names = {k for k in by_step[STEPS] if k.startswith("heads/")}
   assert len(names) == 4 * 2 * 2  # 4 scores x 2 layers x 2 heads
   model, params, _ = checkpoint.load_model(trained)
-  repeats = head_scores.repeated_tokens(model.config.vocab_size, head_scores.induction_period(model),
-                                        head_scores.INDUCTION_BATCH)
-  expected = head_scores.induction_score(forward_pass.forward(model, params, repeats)["weights_NBHLM"],
-                                         head_scores.induction_period(model))
-  assert by_step[STEPS]["heads/induction/layer1_head1"] == pytest.approx(float(expected[1, 1]), abs=1e-5)
+  period = head_scores.induction_period(model)
+  repeats = head_scores.repeated_tokens(model.config.vocab_size, period, head_scores.INDUCTION_BATCH)
+  assert (repeats[:, period:] == repeats[:, :period]).all()
+  # Olsson et al.'s score by hand: the query at l >= period attends to key l - period + 1, the token that followed
+  # its earlier occurrence; mean over the sequences and those queries.
+  weights_NBHLM = reference_weights(model, params, repeats)
+  queries = np.arange(period, 2 * period)
+  expected_NH = weights_NBHLM[:, :, :, queries, queries - period + 1].mean(axis=(1, 3))
+  for layer, head in np.ndindex(*expected_NH.shape):
+    logged = by_step[STEPS][f"heads/induction/layer{layer}_head{head}"]
+    assert logged == pytest.approx(float(expected_NH[layer, head]), abs=1e-5), (layer, head)
 
 
 @pytest.mark.slow
