@@ -23,7 +23,7 @@ from experiments.inspection import training_probes
 from experiments.metrics import MetricWriter, NonFiniteLoss, Throughput, TrainLog, device_peak_flops
 from experiments.steps import TrainState
 from experiments.validation import ConfigError
-from experiments.workdir import resume_changes, resume_conflict, workdir_lock
+from experiments.workdir import made_for_the_run, resume_changes, resume_conflict, workdir_lock
 from transformer.accounting import flops_per_token, parameter_counts
 
 
@@ -75,8 +75,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False)
     raise ConfigError(conflict)
   start_time = time.time()
   # Made and locked before the data too, so a workdir that cannot be written fails at once.
-  os.makedirs(workdir, exist_ok=True)
-  with workdir_lock(workdir, jax.process_index()):
+  with made_for_the_run(workdir), workdir_lock(workdir, jax.process_index()):
     data = build.load_data(config)
     config = validation.resolve(config, data.vocab_size)
     if config.model.vocab_size < data.vocab_size:

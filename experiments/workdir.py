@@ -19,6 +19,9 @@ from experiments.files import CONFIG_FILE, exclusive_lock
 FROM_THE_DATA = {"model": ("vocab_size", "max_len")}
 
 
+_LOCK_PREFIX = ".lock.process_"
+
+
 class WorkdirLocked(RuntimeError):
   """Another live process trains in this workdir."""
 
@@ -39,7 +42,7 @@ def workdir_lock(workdir: str, process_index: int) -> Iterator[None]:
   Raises:
     WorkdirLocked: another live process holds the lock.
   """
-  path = os.path.join(workdir, f".lock.process_{process_index}")
+  path = os.path.join(workdir, f"{_LOCK_PREFIX}{process_index}")
   with exclusive_lock(path, wait=False) as handle:
     if handle is None:
       with open(path, encoding="utf-8") as f:
@@ -51,6 +54,26 @@ def workdir_lock(workdir: str, process_index: int) -> Iterator[None]:
     handle.write(f"pid {os.getpid()}")
     handle.flush()
     yield
+
+
+@contextlib.contextmanager
+def made_for_the_run(workdir: str) -> Iterator[None]:
+  """Makes workdir if it is missing; a run that fails before writing anything but its locks leaves no trace.
+
+  The workdir is made before the data are prepared, so that one that cannot be written fails at once; a
+  mistake only the data reveal (an unknown split, a vocabulary too small) must then not leave an empty run
+  behind, which a later resume would take for a real one.
+  """
+  made = not os.path.isdir(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    yield
+  except BaseException:
+    if made and all(name.startswith(_LOCK_PREFIX) for name in os.listdir(workdir)):
+      for name in os.listdir(workdir):
+        os.remove(os.path.join(workdir, name))
+      os.rmdir(workdir)
+    raise
 
 
 def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
