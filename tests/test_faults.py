@@ -25,17 +25,19 @@ import numpy as np
 import pytest
 
 from experiments import build, checkpoint
-from experiments.files import METRICS_FILE, SUMMARY_FILE
+from experiments.files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 24, 4
 SEED = 23
-# The kills before the last, which lands after the summary (the run must reach its end first). Start-up and
-# mid-interval kills make no progress and a save kill at most one interval, so the run is never over early.
-PLANNED = ["startup"] * 3 + ["mid-interval"] * 3 + ["async save"] * 3
-PHASES = ("startup", "mid-interval", "async save", "after summary")
+# The kills before the last, which lands after the summary (the run must reach its end first). Start-up,
+# compile and mid-interval kills make no progress and a save kill at most two intervals: the run is never over
+# early. "startup" kills at a drawn fraction of the fastest start-up seen, "compile" once the attempt has
+# written config.json (its data, model and train state are built: compiling the step is what is left).
+PLANNED = ["startup"] * 2 + ["compile"] + ["mid-interval"] * 3 + ["async save"] * 3
+PHASES = ("startup", "compile", "mid-interval", "async save", "after summary")
 POLL_SEC = 0.003
 TIMEOUT_SEC = 120
 
@@ -85,20 +87,26 @@ class Watch:
           pass
     return saves
 
-  def summary_written(self) -> bool:
-    path = os.path.join(self.workdir, SUMMARY_FILE)
-    return os.path.exists(path) and os.stat(path).st_mtime >= self.started
+  def written(self, name: str) -> bool:
+    """Whether this attempt wrote the workdir's file `name` (atomically: a new file replaces the old)."""
+    path = os.path.join(self.workdir, name)
+    try:
+      return os.stat(path).st_mtime >= self.started
+    except FileNotFoundError:
+      return False
 
 
 def landed_phase(watch: Watch) -> str:
   """Where a kill landed, from what the dead process left: a summary of its own, an uncommitted save it began,
-  train steps it logged, or nothing yet (it was starting: imports, data, compilation, restore)."""
+  train steps it logged, its config.json but no step (compiling), or none of these (imports, data, building)."""
   watch.poll()
-  if watch.summary_written():
+  if watch.written(SUMMARY_FILE):
     return "after summary"
   if watch.new_saves():
     return "async save"
-  return "mid-interval" if watch.steps else "startup"
+  if watch.steps:
+    return "mid-interval"
+  return "compile" if watch.written(CONFIG_FILE) else "startup"
 
 
 @dataclasses.dataclass
@@ -111,46 +119,56 @@ class Attempt:
 
 
 def latest_step(workdir: str) -> int:
-  manager = checkpoint.make_manager(workdir, read_only=True) if os.path.isdir(
-      os.path.join(workdir, checkpoint.CHECKPOINTS)) else None
-  return (manager.latest_step() or 0) if manager is not None else 0
+  if not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINTS)):
+    return 0
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  step = manager.latest_step() or 0
+  manager.close()
+  return step
 
 
 def run_attempt(command: list[str], workdir: str, planned: str, rng: random.Random,
-                startup_sec: float, env: dict[str, str]) -> tuple[Attempt, float | None]:
+                timings: dict[str, float], env: dict[str, str]) -> Attempt:
   """Starts the command and kills it with SIGKILL at the moment `planned` says (never, for "rerun").
 
-  Returns:
-    The attempt, and the seconds from its start to its first logged step (None if it logged none).
+  `timings` holds the fastest "startup" (start to first step) and "compile" (config.json to first step)
+  seen so far, in seconds; this attempt lowers them with its own.
   """
   start_step = latest_step(workdir)
   watch = Watch(workdir)
   # The moment to kill, drawn before the process starts so that the seed alone chooses it.
-  delay = rng.uniform(0.1, 0.9) * startup_sec
+  startup_delay = rng.uniform(0.1, 0.9) * timings["startup"]
+  compile_delay = rng.uniform(0.0, 0.8) * timings["compile"]
   target_step = start_step + rng.randint(1, EVERY - 1)  # in the first interval: no save is in flight there
   target_save = start_step + EVERY * rng.randint(1, 2)
   save_delay = rng.uniform(0.0, 0.15)
   process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  first_step_sec, kill_at = None, None
+  config_sec, stepped, kill_at = None, False, None
   try:
     while process.poll() is None and time.time() - watch.started < TIMEOUT_SEC:
       watch.poll()
       now = time.time() - watch.started
-      if watch.steps and first_step_sec is None:
-        first_step_sec = now
+      if config_sec is None and watch.written(CONFIG_FILE):
+        config_sec = now
+      if not stepped and watch.steps:
+        stepped = True
+        timings["startup"] = min(timings["startup"], now)
+        timings["compile"] = min(timings["compile"], now - (config_sec or 0.0))
       if kill_at is None:
         if planned == "startup":
-          kill_at = delay
+          kill_at = startup_delay
+        elif planned == "compile" and config_sec is not None:
+          kill_at = now + compile_delay
         elif planned == "mid-interval" and watch.steps and watch.steps[-1] >= target_step:
           kill_at = now
         elif planned == "async save" and any(s >= target_save for s in watch.new_saves()):
           kill_at = now + save_delay
-        elif planned == "after summary" and watch.summary_written():
+        elif planned == "after summary" and watch.written(SUMMARY_FILE):
           kill_at = now
       if kill_at is not None and now >= kill_at:
         process.send_signal(signal.SIGKILL)
         process.wait()
-        return Attempt(planned, landed_phase(watch), process.returncode, start_step, now), first_step_sec
+        return Attempt(planned, landed_phase(watch), process.returncode, start_step, now)
       time.sleep(POLL_SEC)
     _, stderr = process.communicate(timeout=TIMEOUT_SEC)
   finally:
@@ -158,7 +176,7 @@ def run_attempt(command: list[str], workdir: str, planned: str, rng: random.Rand
       process.kill()
       process.wait()
   assert process.returncode == 0, f"attempt {planned!r} from step {start_step} failed:\n{stderr.decode()[-3000:]}"
-  return Attempt(planned, "exited", process.returncode, start_step, time.time() - watch.started), first_step_sec
+  return Attempt(planned, "exited", process.returncode, start_step, time.time() - watch.started)
 
 
 class Restorer:
@@ -206,22 +224,23 @@ def chain(tfds_data_dir, tmp_path_factory) -> Chain:
   # The straight run compiles without the persistent compilation cache the chain uses (conftest.py), so
   # equality below also shows that executables read from the cache compute bitwise what fresh ones do.
   uncached = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  attempt, startup_sec = run_attempt(train_command(straight_dir, tfds_data_dir, keep=STEPS), straight_dir,
-                                     "rerun", random.Random(), 0.0, uncached)
-  assert startup_sec is not None
+  timings = {"startup": float("inf"), "compile": float("inf")}
+  run_attempt(train_command(straight_dir, tfds_data_dir, keep=STEPS), straight_dir, "rerun", random.Random(0),
+              timings, uncached)
   restorer = Restorer(straight_dir)
   straight = restorer.restore_all(straight_dir)
   assert sorted(straight) == list(range(EVERY, STEPS + 1, EVERY))
 
   rng = random.Random(SEED)
-  plan = rng.sample(PLANNED, len(PLANNED)) + ["after summary"]
+  # A mid-interval kill first: the start-up kills then draw from the timings of a rerun that reads its
+  # executables from the cache, not from the straight run's longer compilation.
+  rest = list(PLANNED)
+  rest.remove("mid-interval")
+  plan = ["mid-interval"] + rng.sample(rest, len(rest)) + ["after summary"]
   command, env = train_command(workdir, tfds_data_dir, keep=2), dict(os.environ)
   attempts, left_behind, summary_before = [], [], b""
   for planned in plan + ["rerun"]:
-    attempt, first_step_sec = run_attempt(command, workdir, planned, rng, startup_sec, env)
-    attempts.append(attempt)
-    if first_step_sec is not None:  # kill start-ups within the fastest one seen, so they land before a step
-      startup_sec = min(startup_sec, first_step_sec)
+    attempts.append(run_attempt(command, workdir, planned, rng, timings, env))
     if os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINTS)):
       left_behind.append(restorer.restore_all(workdir))
     if planned == "after summary":
@@ -277,4 +296,5 @@ def test_every_logged_loss_equals_the_straight_runs(chain):
                    "empty results (fixed on branch w2-safety: finished runs immutable)")
 def test_rerun_after_the_summary_keeps_it_byte_for_byte(chain):
   assert chain.summary_before_rerun
-  assert chain.summary_after_rerun == chain.summary_before_rerun
+  unchanged = chain.summary_after_rerun == chain.summary_before_rerun  # a bool: pytest's diff of bytes is slow
+  assert unchanged, f"summary.json rewritten: {chain.summary_after_rerun.decode()[:300]}"
