@@ -116,6 +116,7 @@ class Attempt:
   returncode: int
   start_step: int  # the latest checkpoint when it started
   seconds: float
+  past_save: bool = False  # killed with a save uncommitted and a later step logged: the save was asynchronous
 
 
 def latest_step(workdir: str) -> int:
@@ -141,7 +142,7 @@ def run_attempt(command: list[str], workdir: str, planned: str, rng: random.Rand
   compile_delay = rng.uniform(0.0, 0.8) * timings["compile"]
   target_step = start_step + rng.randint(1, EVERY - 1)  # in the first interval: no save is in flight there
   target_save = start_step + EVERY * rng.randint(1, 2)
-  save_delay = rng.uniform(0.0, 0.15)
+  save_delay = rng.uniform(0.05, 0.2)  # a save takes some 0.25 s here
   process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   config_sec, stepped, kill_at = None, False, None
   try:
@@ -168,7 +169,9 @@ def run_attempt(command: list[str], workdir: str, planned: str, rng: random.Rand
       if kill_at is not None and now >= kill_at:
         process.send_signal(signal.SIGKILL)
         process.wait()
-        return Attempt(planned, landed_phase(watch), process.returncode, start_step, now)
+        landed, saves = landed_phase(watch), watch.new_saves()
+        past_save = bool(saves and watch.steps and max(watch.steps) > min(saves))
+        return Attempt(planned, landed, process.returncode, start_step, now, past_save)
       time.sleep(POLL_SEC)
     _, stderr = process.communicate(timeout=TIMEOUT_SEC)
   finally:
@@ -254,11 +257,13 @@ def chain(tfds_data_dir, tmp_path_factory) -> Chain:
 
 def test_kills_land_in_every_phase_and_the_rerun_finishes(chain):
   counts = {phase: sum(a.landed == phase for a in chain.attempts) for phase in PHASES}
+  each = ", ".join(f"{a.planned}->{a.landed}@{a.start_step} {a.seconds:.1f}s{' past' * a.past_save}"
+                   for a in chain.attempts)
   print(f"\nkills landed: {counts}; attempts {len(chain.attempts)} (reruns {len(chain.attempts) - 1}); "
-        f"{chain.seconds:.0f} s in all; " + ", ".join(f"{a.planned}->{a.landed}@{a.start_step} {a.seconds:.1f}s"
-                                                       for a in chain.attempts))
+        f"{chain.seconds:.0f} s in all; {each}")
   assert sum(counts.values()) == len(PLANNED) + 1, counts
   assert all(counts[phase] for phase in PHASES), counts
+  assert any(a.past_save for a in chain.attempts), "no kill found training past an uncommitted save"
   assert chain.attempts[-1].landed == "exited" and chain.attempts[-1].returncode == 0
   summary = json.loads(chain.summary_after_rerun)
   assert summary["status"] == "completed" and summary["step"] == STEPS
