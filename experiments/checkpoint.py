@@ -7,8 +7,11 @@ Layout of a workdir: `config.json` (the run's config), `checkpoints/<step>/{stat
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import flax.linen
 import grain
@@ -22,6 +25,51 @@ from experiments.steps import TrainState
 from transformer import TransformerLM, model_config_from
 
 CHECKPOINTS = "checkpoints"
+UNREADABLE = "unreadable_checkpoints"  # where training moves a checkpoint it could not read (kept, not deleted)
+T = TypeVar("T")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint asked for by step, or every checkpoint of a workdir, could not be read."""
+
+  def __init__(self, message: str, errors: dict[int, BaseException] | None = None):
+    super().__init__(message)
+    self.errors = errors or {}  # each step's error, for callers that tell a changed config from a broken file
+
+
+def error_line(error: BaseException) -> str:
+  """The first line of the innermost cause: orbax wraps tensorstore's one-line reason (which names the file)
+  in a multi-line dump of the array's spec."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  lines = [line for line in str(error).splitlines() if line.strip()]
+  return f"{type(error).__name__}: {lines[0].strip()[:300]}" if lines else type(error).__name__
+
+
+def restore_newest(directory: str, steps: list[int], restore_step: Callable[[int], T]) -> tuple[T, int, list[int]]:
+  """Restores the newest of `steps` that reads, each failure reported in one warning line.
+
+  Args:
+    directory: the checkpoints' folder (for the messages).
+    steps: the saved steps.
+    restore_step: reads one step (raising on any failure).
+
+  Returns:
+    (what restore_step returned, its step, the newer steps that failed).
+
+  Raises:
+    CheckpointError: no step reads (one line naming each with its error).
+  """
+  errors: dict[int, BaseException] = {}
+  for step in sorted(steps, reverse=True):
+    try:
+      return restore_step(step), step, sorted(errors)
+    except Exception as error:  # pylint: disable=broad-except  (orbax and tensorstore raise bare Exceptions)
+      errors[step] = error
+      logging.warning("checkpoint %s/%d does not restore (trying an older one): %s", directory, step,
+                      error_line(error))
+  raise CheckpointError(f"no checkpoint in {directory} restores: " + "; ".join(
+      f"step {step}: {error_line(error)}" for step, error in errors.items()), errors)
 
 
 def make_manager(workdir: str, ck: ConfigDict | None = None, *, read_only: bool = False) -> ocp.CheckpointManager:
@@ -72,25 +120,62 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainStat
   return TrainState(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], rng=tree["rng"])
 
 
+def set_aside(workdir: str, steps: list[int]) -> None:
+  """Moves the checkpoints of `steps` (ones that did not restore) to workdir/unreadable_checkpoints/.
+
+  Training from an older checkpoint saves these steps again, which orbax refuses while they exist; moved,
+  not deleted, they stay for a look at what broke.
+  """
+  for step in steps:
+    target = os.path.join(workdir, UNREADABLE, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(workdir, CHECKPOINTS, str(step)), target)
+    logging.warning("moved the unreadable checkpoint of step %d to %s", step, target)
+
+
 def restore_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
-  """Reads only the parameters of another run's checkpoint (latest, or `step`), laid out as abstract_params says.
+  """Reads only the parameters of a run's checkpoint, laid out as abstract_params says.
+
+  Args:
+    workdir: the run's directory.
+    abstract_params: shapes, dtypes and shardings of the parameters.
+    step: the checkpoint to read; None reads the newest that restores (a failure is one warning line).
+
+  Returns:
+    (params, the step they were saved at).
 
   Raises:
     FileNotFoundError: the workdir has no checkpoint (at that step).
+    CheckpointError: the checkpoint at `step`, or with None every checkpoint, does not read.
   """
+  directory = os.path.join(workdir, CHECKPOINTS)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint in {directory}")
   manager = make_manager(workdir, read_only=True)
   steps = manager.all_steps()
   if not steps:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CHECKPOINTS)}")
-  step = max(steps) if step is None else step
-  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  if step is not None and step not in steps:
     raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}; saved steps: {sorted(steps)}")
   restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape,
                                                              dtype=a.dtype), abstract_params)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True)))
-  manager.close()
-  return restored["state"]["params"], step
+
+  def read(at: int) -> Any:
+    restored = manager.restore(at, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True)))
+    return restored["state"]["params"]
+
+  try:
+    if step is None:
+      params, step, _ = restore_newest(directory, steps, read)
+    else:
+      try:
+        params = read(step)
+      except Exception as error:  # pylint: disable=broad-except  (orbax and tensorstore raise bare Exceptions)
+        raise CheckpointError(f"checkpoint {directory}/{step} does not restore: {error_line(error)}") from None
+  finally:
+    manager.close()
+  return params, step
 
 
 def read_config(workdir: str) -> ConfigDict:
@@ -116,6 +201,7 @@ def load_model(workdir: str, step: int | None = None) -> tuple[TransformerLM, An
 
   Raises:
     FileNotFoundError: the workdir has no config.json or no checkpoint (at that step).
+    CheckpointError: the checkpoint at `step`, or with None every checkpoint, does not read.
   """
   config = read_config(workdir)
   # The saved config is resolved (vocab_size and max_len filled in), so it builds the model alone.

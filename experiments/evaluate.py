@@ -22,7 +22,12 @@ _MAX_BATCHES = flags.DEFINE_integer("max_batches", None, "Evaluate only this man
 
 
 def evaluate(workdir: str, step: int | None = None, max_batches: int | None = None) -> dict[str, float]:
-  """Returns the eval metrics of a run's checkpoint (latest, or `step`), with the step under "step"."""
+  """Returns the eval metrics of a run's checkpoint (`step`, or the newest that restores), with its step.
+
+  Raises:
+    FileNotFoundError: the workdir has no config.json or no checkpoint (at that step).
+    CheckpointError: the checkpoint at `step`, or with None every checkpoint, does not read.
+  """
   config = checkpoint.read_config(workdir)
   if max_batches is not None:
     config.eval.max_batches = max_batches
@@ -36,9 +41,9 @@ def main(argv):
   del argv
   try:
     metrics = evaluate(_WORKDIR.value, _STEP.value, _MAX_BATCHES.value)
-  except FileNotFoundError as error:
+  except (FileNotFoundError, checkpoint.CheckpointError) as error:
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
   if jax.process_index() == 0:
     print(json.dumps(metrics, indent=1))
 

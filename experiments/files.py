@@ -41,8 +41,14 @@ def read_metrics(workdir: str) -> list[dict[str, float]]:
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue  # a line torn by a kill in the middle of its write (MetricWriter starts a new line after it)
+  return rows
 
 
 @contextlib.contextmanager

@@ -175,7 +175,7 @@ def main(argv: list[str]) -> None:
         raise ValueError("context needs --token")
       result = run_context(f["workdir"], f["token"], prompts, f["out"], f["step"])
       print(f"step {result['step']}, positions {result['positions']}\n{result['table']}\nwrote {result['png']}")
-  except (ValueError, FileNotFoundError) as error:  # a usage mistake: one line, no traceback
+  except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as error:  # one line, no traceback
     raise app.UsageError(str(error)) from error
 
 

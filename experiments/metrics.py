@@ -69,6 +69,15 @@ def device_peak_flops(dtype: str) -> tuple[float, str]:
   return measure_matmul_peak(dtype) * jax.process_count(), f"measured {dtype} matmul"
 
 
+def _torn(path: str) -> bool:
+  """True when the file exists and its last line has no end (a kill in the middle of a write)."""
+  if not os.path.exists(path) or not os.path.getsize(path):
+    return False
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) != b"\n"
+
+
 class MetricWriter:
   """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
 
@@ -80,7 +89,11 @@ class MetricWriter:
     self._jsonl = None
     self._tensorboard = None
     if enabled:
-      self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+      path = os.path.join(workdir, METRICS_FILE)
+      torn = _torn(path)
+      self._jsonl = open(path, "a", encoding="utf-8")
+      if torn:
+        self._jsonl.write("\n")  # the rows appended now stay whole lines
       from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
 
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
@@ -140,8 +153,9 @@ def _mean_metrics(pending: list[tuple[int, dict[str, jax.Array]]]) -> tuple[dict
   `pending` holds (first step, metrics stacked one row a step) for each compiled call since the last fetch.
   """
   values = jax.device_get([metrics for _, metrics in pending])
-  bad = [first + int(np.argmin(np.isfinite(m["train/loss"]))) for (first, _), m in zip(pending, values)
-         if not np.isfinite(m["train/loss"]).all()]
+  # A finite loss with a non-finite gradient still makes the step's parameters NaN: check both.
+  finite = [np.isfinite(m["train/loss"]) & np.isfinite(m["train/grad_norm"]) for m in values]
+  bad = [first + int(np.argmin(ok)) for (first, _), ok in zip(pending, finite) if not ok.all()]
   mean = {k: float(np.mean(np.concatenate([m[k] for m in values]))) for k in values[0] if k != "train/tokens"}
   mean["train/learning_rate"] = float(values[-1]["train/learning_rate"][-1])
   return mean, (bad[0] if bad else None)
@@ -166,16 +180,16 @@ class TrainLog:
     """Fetches the pending metrics (the only host sync of the loop), writes their means, stops on a NaN.
 
     Raises:
-      NonFiniteLoss: a step's loss was NaN or infinite.
+      NonFiniteLoss: a step's loss or gradient norm was NaN or infinite.
     """
     if not self.pending:
       return
     mean, bad_step = _mean_metrics(self.pending)
     self.pending.clear()
     if bad_step is not None:
-      raise NonFiniteLoss(f"the training loss became NaN or infinite at step {bad_step}; the last good checkpoint "
-                          f"is kept in {self.workdir}/checkpoints (try a lower optimizer.learning_rate or "
-                          f"optimizer.grad_clip)")
+      raise NonFiniteLoss(f"the training loss or gradient became NaN or infinite at step {bad_step}; the last good "
+                          f"checkpoint is kept in {self.workdir}/checkpoints (try a lower optimizer.learning_rate "
+                          f"or optimizer.grad_clip)")
     mean.update(self.throughput.metrics())
     self.writer.write(step, mean)
     self.last = mean

@@ -17,12 +17,13 @@ from ml_collections import ConfigDict
 
 from experiments import build, checkpoint, host, sharding, validation
 from experiments.data import datasets, tokenizers
-from experiments.files import CONFIG_FILE, SUMMARY_FILE, write_json
+from experiments.checkpoint import CheckpointError
+from experiments.files import CONFIG_FILE, SUMMARY_FILE, read_json, read_metrics, write_json
 from experiments.inspection import training_probes
-from experiments.metrics import MetricWriter, Throughput, TrainLog, device_peak_flops
+from experiments.metrics import MetricWriter, NonFiniteLoss, Throughput, TrainLog, device_peak_flops
 from experiments.steps import TrainState
 from experiments.validation import ConfigError
-from experiments.workdir import resume_conflict, workdir_lock
+from experiments.workdir import resume_changes, resume_conflict, workdir_lock
 from transformer.accounting import flops_per_token, parameter_counts
 
 
@@ -54,10 +55,14 @@ class EvalRecord:
 def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False) -> dict[str, Any]:
   """Runs (or resumes) the training a config describes and returns the final summary.
 
+  A workdir whose summary.json says it completed train.steps is left untouched and its summary returned;
+  raising train.steps continues it from its last checkpoint.
+
   Raises:
-    ConfigError: the config is invalid (nothing was written).
+    ConfigError: the config is invalid, or does not fit the workdir's run (nothing was written).
     WorkdirLocked: another live run uses the workdir.
-    NonFiniteLoss: the loss became NaN or infinite (the last good checkpoint stays).
+    NonFiniteLoss: the loss became NaN or infinite (the last good checkpoint stays, complete).
+    CheckpointError: none of the workdir's checkpoints restores (nothing was written).
   """
   errors = validation.validate(config)
   if errors:
@@ -73,29 +78,55 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False)
     conflict = resume_conflict(workdir, config)
     if conflict:
       raise ConfigError(conflict)
+    finished = read_json(os.path.join(workdir, SUMMARY_FILE))
+    if finished and finished.get("status") == "completed" and finished.get("step") == config.train.steps:
+      logging.warning("%s already completed its %d steps: nothing to do (raise train.steps to continue it)",
+                      workdir, config.train.steps)
+      return finished
     return _run(config, workdir, data, progress, start_time)
 
 
-def _start_state(config: ConfigDict, workdir: str, training: build.Training, manager: Any,
-                 iterator: Any) -> TrainState:
-  """The workdir's latest checkpoint (the iterator moved to its place), else step 0, from restore_from's params."""
-  latest = manager.latest_step()
-  if latest is None:
-    state = training.initial_state()
-    if config.checkpoint.restore_from:
-      params, step = checkpoint.restore_params(config.checkpoint.restore_from, training.abstract_state.params)
-      state = state.replace(params=params)
-      logging.info("initialized params from %s step %d", config.checkpoint.restore_from, step)
-    return state
+def _restore_newest(workdir: str, training: build.Training, iterator: Any) -> tuple[TrainState | None, list[int]]:
+  """The newest checkpoint of workdir that restores (the iterator moved to its place), or None if it has none;
+  and the newer steps that failed to read (each reported in one warning line)."""
+  directory = os.path.join(workdir, checkpoint.CHECKPOINTS)
+  if not os.path.isdir(directory):
+    return None, []
+  manager = checkpoint.make_manager(workdir, read_only=True)  # nothing in the workdir changes until it restored
   try:
-    state = checkpoint.restore(manager, latest, training.abstract_state, iterator)
-  except (ValueError, KeyError, TypeError) as error:
+    steps = manager.all_steps()
+    if not steps:
+      return None, []
+    state, step, failed = checkpoint.restore_newest(
+        directory, steps, lambda at: checkpoint.restore(manager, at, training.abstract_state, iterator))
+  except CheckpointError as error:
+    # orbax raises these itself when the tree it is asked for differs from the saved one; a file that does
+    # not read comes wrapped in a bare Exception.
+    if all(isinstance(e, (ValueError, KeyError, TypeError)) for e in error.errors.values()):
+      latest = max(error.errors)
+      raise ConfigError(f"the checkpoint at step {latest} in {workdir} does not fit this config's train state (were "
+                        f"optimizer settings such as grad_clip changed?): {checkpoint.error_line(error.errors[latest])}"
+                        ) from None
+    raise
+  finally:
     manager.close()
-    first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-    raise ConfigError(f"the checkpoint at step {latest} in {workdir} does not fit this config's train state "
-                      f"(were optimizer settings such as grad_clip changed?): {first_line}") from error
-  logging.info("resumed from step %d of %s", latest, workdir)
-  return state
+  logging.info("resumed from step %d of %s", step, workdir)
+  return state, failed
+
+
+def _start_state(config: ConfigDict, workdir: str, training: build.Training,
+                 iterator: Any) -> tuple[TrainState, list[int]]:
+  """The state to train from: the newest checkpoint that restores, else step 0 (from restore_from's params);
+  and the newer checkpoints that did not restore."""
+  state, failed = _restore_newest(workdir, training, iterator)
+  if state is not None:
+    return state, failed
+  state = training.initial_state()
+  if config.checkpoint.restore_from:
+    params, step = checkpoint.restore_params(config.checkpoint.restore_from, training.abstract_state.params)
+    state = state.replace(params=params)
+    logging.info("initialized params from %s step %d", config.checkpoint.restore_from, step)
+  return state, failed
 
 
 def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, start_time: float) -> dict[str, Any]:
@@ -103,22 +134,31 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
   sharded = build.ShardedModel(config)
   evaluation = build.Evaluation(config, sharded, data)
   training = build.Training(config, sharded, data)
-  if lead:
-    write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-    if data.tokenizer is not None:
-      # Beside the checkpoints, so sampling and evaluation decode exactly as training encoded.
-      tokenizers.save_atomically(data.tokenizer, os.path.join(workdir, tokenizers.TOKENIZER_DIR))
-  manager = checkpoint.make_manager(workdir, config.checkpoint)
-  iterator = training.new_iterator()
-  state = _start_state(config, workdir, training, manager, iterator)
-  first_step = int(jax.device_get(state.step))
   try:
     # The data's own tokenizer, not the one saved in the workdir: every process has it, on any file system.
     tokenizer = data.tokenizer or tokenizers.TokenIds(sharded.model_config.vocab_size)
     probes = training_probes.TrainingProbes(config, sharded.model, tokenizer, sharding.replicated(sharded.mesh))
   except ValueError as error:
-    manager.close()
     raise ConfigError(str(error)) from error
+  iterator = training.new_iterator()
+  state, unreadable = _start_state(config, workdir, training, iterator)
+  first_step = int(jax.device_get(state.step))
+  if first_step > t.steps:
+    raise ConfigError(f"train.steps={t.steps} is below step {first_step} of the checkpoint in {workdir}: raise it "
+                      f"to continue that run, or use a new --workdir")
+  # Written only once the restore succeeded: a failed resume leaves the workdir as it found it.
+  if lead:
+    for change in resume_changes(workdir, config) if first_step else []:
+      logging.warning("resuming %s with %s", workdir, change)
+    checkpoint.set_aside(workdir, unreadable)
+    write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+    if data.tokenizer is not None:
+      # Beside the checkpoints, so sampling and evaluation decode exactly as training encoded.
+      tokenizers.save_atomically(data.tokenizer, os.path.join(workdir, tokenizers.TOKENIZER_DIR))
+  if unreadable and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    multihost_utils.sync_global_devices("unreadable checkpoints set aside")  # before any manager lists the steps
 
   counts = parameter_counts(sharded.model_config)
   flops_token = flops_per_token(sharded.model_config, config.data.seq_len)
@@ -135,43 +175,64 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
   # Where the train command gave every thread one heap (big steps), growth of that heap past one call's
   # needs is undone between calls (see host.HeapGuard).
   heap_guard = host.HeapGuard(host.estimated_step_temporaries(config) // 2) if host.one_heap_pays(config) else None
+  # What the run logged up to the step it starts from: the best evaluation so far survives a resume.
+  earlier = [row for row in read_metrics(workdir) if row["step"] <= first_step] if lead else []
+  for row in earlier:
+    if evals.metric in row:
+      evals.add(row["step"], {k: v for k, v in row.items() if k.startswith("eval/")})
   stop_reason = "completed"
-  with host.Preemption(jax.process_count()) as preemption:
-    step = first_step
-    while step < t.steps:
-      count = steps_in_call(t, step)
-      with throughput.waiting_for_data():
-        batches = sharding.global_batches([next(iterator) for _ in range(count)], sharded.mesh)
-      state, metrics = training.train_steps(state, batches)
-      if heap_guard is not None:
-        heap_guard.after_call(lambda: jax.block_until_ready(state))  # pylint: disable=cell-var-from-loop
-      train_log.add(step + 1, count, metrics)
-      step += count
-      final = step == t.steps
-      if step % t.log_every == 0 or final:
-        train_log.flush(step)
-      eval_metrics = None
-      if (t.eval_every and step % t.eval_every == 0) or final:
-        train_log.flush(step)
-        eval_metrics = evaluation.evaluate(state.params)
-        writer.write(step, eval_metrics)
-        if probes.enabled:  # reads the parameters only: the train state, its RNG and the data order are untouched
-          probes.write(step, state.params, writer)
-        evals.add(step, eval_metrics)
-      stopping = preemption.reached(step)
-      if (t.checkpoint_every and step % t.checkpoint_every == 0) or final or stopping:
-        train_log.flush(step)  # never save a state whose loss went non-finite
-        checkpoint.save(manager, state, iterator, eval_metrics)
-      if stopping:
-        stop_reason = f"stopped by {preemption.signal_name} at step {step}"
-        logging.warning("%s: checkpoint saved, exiting", stop_reason)
-        break
-      if eval_metrics is not None:
-        throughput.restart()  # eval time is not step time
-  manager.wait_until_finished()
-  manager.close()
-  if bar is not None:
-    bar.close()
+  manager = checkpoint.make_manager(workdir, config.checkpoint)
+  try:
+    with host.Preemption(jax.process_count()) as preemption:
+      step = first_step
+      while step < t.steps:
+        count = steps_in_call(t, step)
+        with throughput.waiting_for_data():
+          batches = sharding.global_batches([next(iterator) for _ in range(count)], sharded.mesh)
+        state, metrics = training.train_steps(state, batches)
+        if heap_guard is not None:
+          heap_guard.after_call(lambda: jax.block_until_ready(state))  # pylint: disable=cell-var-from-loop
+        train_log.add(step + 1, count, metrics)
+        step += count
+        final = step == t.steps
+        if step % t.log_every == 0 or final:
+          train_log.flush(step)
+        eval_metrics = None
+        if (t.eval_every and step % t.eval_every == 0) or final:
+          train_log.flush(step)
+          eval_metrics = evaluation.evaluate(state.params)
+          writer.write(step, eval_metrics)
+          if probes.enabled:  # reads the parameters only: the train state, its RNG and the data order are untouched
+            probes.write(step, state.params, writer)
+          evals.add(step, eval_metrics)
+        stopping = preemption.reached(step)
+        if (t.checkpoint_every and step % t.checkpoint_every == 0) or final or stopping:
+          train_log.flush(step)  # never save a state whose loss went non-finite
+          checkpoint.save(manager, state, iterator, eval_metrics)
+        if stopping:
+          stop_reason = f"stopped by {preemption.signal_name} at step {step}"
+          logging.warning("%s: checkpoint saved, exiting", stop_reason)
+          break
+        if eval_metrics is not None:
+          throughput.restart()  # eval time is not step time
+  except NonFiniteLoss as error:
+    manager.wait_until_finished()
+    kept = manager.latest_step()
+    raise NonFiniteLoss(f"{error}; a rerun resumes from its last complete checkpoint, step {kept}" if kept is not None
+                        else f"{error}; no checkpoint was saved before it") from None
+  finally:
+    # Every way out (the end, a NaN, any error, a signal) lets pending asynchronous saves finish first: an exit
+    # during one leaves only a *.orbax-checkpoint-tmp folder, and orbax's threads then find their loop closed.
+    manager.wait_until_finished()
+    manager.close()
+    if bar is not None:
+      bar.close()
+  if first_step == t.steps:
+    # Stopped after its last checkpoint, before (or instead of) a completed summary: that summary again,
+    # from what the run logged and one evaluation of the final parameters, writing no metrics twice.
+    train_log.last = next(({k: v for k, v in row.items() if k != "step"} for row in reversed(earlier)
+                           if "train/loss" in row), {})
+    evals.last = evaluation.evaluate(state.params)
 
   summary = {
       "status": stop_reason,

@@ -150,7 +150,7 @@ def main(argv):
     prompt_ids = tokenizer.encode(f.prompt)
     if len(prompt_ids) == 0:
       raise ValueError("prompt: encodes to no token; give some text")
-  except (FileNotFoundError, ValueError) as error:
+  except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   print(f"# {f.workdir} step {step}, seed {f.seed}", file=sys.stderr)

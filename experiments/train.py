@@ -16,6 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.checkpoint import CheckpointError
 from experiments.host import keep_freed_memory, one_heap_pays
 from experiments.metrics import NonFiniteLoss
 from experiments.runner import train_and_evaluate
@@ -50,9 +51,9 @@ def main(argv):
   initialize_distributed()
   try:
     summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
-  except (ConfigError, WorkdirLocked, NonFiniteLoss) as error:
+  except (ConfigError, CheckpointError, WorkdirLocked, NonFiniteLoss) as error:
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2 if isinstance(error, ConfigError) else 1)
+    sys.exit(2 if isinstance(error, (ConfigError, CheckpointError)) else 1)
   if jax.process_index() == 0:
     print(json.dumps({k: summary[k] for k in ("status", "step", "final", "parameters", "wall_time_sec")}, indent=1))
 

@@ -71,3 +71,22 @@ def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
       return (f"{section}.{key}={new.get(key)!r} differs from {old.get(key)!r} saved in {path}: "
               f"use a new --workdir, or the saved value to resume")
   return None
+
+
+def resume_changes(workdir: str, config: ConfigDict) -> list[str]:
+  """What a resume changes in the optimizer and train sections saved in workdir, one `key=new (was old)` each.
+
+  Allowed, since continuing a stopped run with a lower learning rate or more steps is what they are for; the
+  caller logs them, because config.json then records only the new values.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  changes = []
+  for section in ("optimizer", "train"):
+    old, new = saved.get(section, {}), config[section].to_dict()
+    changes += [f"{section}.{k}={new.get(k)!r} (was {old.get(k)!r})" for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)]
+  return changes
