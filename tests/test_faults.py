@@ -297,8 +297,6 @@ def test_every_logged_loss_equals_the_straight_runs(chain):
     assert loss == chain.straight_losses[step], (step, loss, chain.straight_losses[step])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 item 2: rerunning a finished run rewrites summary.json with "
-                   "empty results (fixed on branch w2-safety: finished runs immutable)")
 def test_rerun_after_the_summary_keeps_it_byte_for_byte(chain):
   assert chain.summary_before_rerun
   unchanged = chain.summary_after_rerun == chain.summary_before_rerun  # a bool: pytest's diff of bytes is slow
