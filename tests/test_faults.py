@@ -1,8 +1,9 @@
 """Fault injection: `kill -9` at seeded moments of a tiny training run, each followed by the documented rerun.
 
 One chain of attempts in one workdir runs `python -m experiments.train` with the same command each time. Ten of
-them are killed with SIGKILL: during start-up (imports, data, compilation), mid-interval (the first interval
-after a resume, where no save is in flight), during an asynchronous save, and after the summary is written.
+them are killed with SIGKILL: during start-up (imports, data, building the run), during compilation,
+mid-interval (the first interval after a resume, where no save is in flight), during an asynchronous save, and
+after the summary is written; the last attempt, on the finished run, must leave its summary.json as it was.
 Where a kill landed is read from the workdir the dead process left (see `landed_phase`), not assumed. A straight
 run of the same command, never interrupted, is the reference: every checkpoint left behind after any kill must
 restore and equal the straight run's at that step, bitwise (params, optimizer state, step, RNG, data position),
@@ -18,6 +19,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -30,12 +32,12 @@ from experiments.files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS, EVERY = 24, 4
+STEPS, EVERY = 28, 4
 SEED = 23
 # The kills before the last, which lands after the summary (the run must reach its end first). Start-up,
-# compile and mid-interval kills make no progress and a save kill at most two intervals: the run is never over
-# early. "startup" kills at a drawn fraction of the fastest start-up seen, "compile" once the attempt has
-# written config.json (its data, model and train state are built: compiling the step is what is left).
+# compile and mid-interval kills make no progress and a save kill at most two intervals (3 * 2 * EVERY < STEPS):
+# the run is never over early. "startup" kills at a drawn fraction of the fastest start-up seen, "compile" once
+# the attempt has written config.json (its data, model and train state are built: compiling the step is left).
 PLANNED = ["startup"] * 2 + ["compile"] + ["mid-interval"] * 3 + ["async save"] * 3
 PHASES = ("startup", "compile", "mid-interval", "async save", "after summary")
 POLL_SEC = 0.003
@@ -143,7 +145,9 @@ def run_attempt(command: list[str], workdir: str, planned: str, rng: random.Rand
   target_step = start_step + rng.randint(1, EVERY - 1)  # in the first interval: no save is in flight there
   target_save = start_step + EVERY * rng.randint(1, 2)
   save_delay = rng.uniform(0.05, 0.2)  # a save takes some 0.25 s here
-  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  # stderr to a file, not a pipe: orbax logs much, and an undrained pipe would stall the run once full.
+  log = tempfile.TemporaryFile()
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
   config_sec, stepped, kill_at = None, False, None
   try:
     while process.poll() is None and time.time() - watch.started < TIMEOUT_SEC:
@@ -173,12 +177,14 @@ def run_attempt(command: list[str], workdir: str, planned: str, rng: random.Rand
         past_save = bool(saves and watch.steps and max(watch.steps) > min(saves))
         return Attempt(planned, landed, process.returncode, start_step, now, past_save)
       time.sleep(POLL_SEC)
-    _, stderr = process.communicate(timeout=TIMEOUT_SEC)
   finally:
     if process.poll() is None:
       process.kill()
       process.wait()
-  assert process.returncode == 0, f"attempt {planned!r} from step {start_step} failed:\n{stderr.decode()[-3000:]}"
+    log.seek(0)
+    stderr = log.read().decode(errors="replace")
+    log.close()
+  assert process.returncode == 0, f"{planned!r} from step {start_step}: rc {process.returncode}\n{stderr[-3000:]}"
   return Attempt(planned, "exited", process.returncode, start_step, time.time() - watch.started)
 
 
