@@ -52,7 +52,8 @@ def main(argv):
     cli.fail(str(error))
   except engine.Unfinished as error:
     print(json.dumps(error.counts))
-    cli.fail(f"not finished: {error}", status=3)
+    print(f"not finished: {error}", file=sys.stderr)  # not a mistake of the command: no "error:"
+    sys.exit(3)
   except KeyboardInterrupt:
     print("interrupted: rerun the same command to resume", file=sys.stderr)
     sys.exit(130)

@@ -229,10 +229,9 @@ def test_restore_from_starts_from_the_other_runs_params_with_a_fresh_optimizer(r
   config = validation.resolve(config, data.vocab_size)
   sharded = build.ShardedModel(config)
   training = build.Training(config, sharded, data)
-  manager = checkpoint.make_manager(str(tmp_path), config.checkpoint)
   start_state = runner._start_state  # pylint: disable=protected-access  (what _run does before its first step)
-  state = start_state(config, str(tmp_path), training, manager, training.new_iterator())
-  manager.close()
+  state, unreadable = start_state(config, str(tmp_path), training, training.new_iterator())
+  assert unreadable == []
   other, step = checkpoint.restore_params(workdir, sharded.abstract_params)
   assert step == REFERENCE_STEPS and int(state.step) == 0
   for x, y in zip(jax.tree.leaves(other), jax.tree.leaves(state.params), strict=True):

@@ -213,7 +213,10 @@ def test_a_corrupt_step_asked_for_is_one_line_with_status_2(copy, command):
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and f"/{STEPS} does not restore" in errors[0], result.stderr[-2000:]
-  assert "Traceback" not in result.stderr
+  # No traceback through the project's code. Orbax's reader threads may still print one of their own at exit
+  # ("call_soon_threadsafe" on its closed event loop: in about half the runs of `evaluate`, never seen for the
+  # other two), which only orbax can stop.
+  assert os.path.join(REPO, "experiments") not in result.stderr, result.stderr[-3000:]
 
 
 def test_a_metrics_line_torn_by_a_kill_costs_no_other_row(tmp_path):
