@@ -90,8 +90,15 @@ def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    # Only a hand edit or a disk fault breaks it (the run writes it atomically): which run this is is unknown.
+    return (f"{path} is not valid JSON ({error}): restore it from a copy, or use a new --workdir; the "
+            f"checkpoints beside it are untouched")
+  if not isinstance(saved, dict):
+    return f"{path} holds no config object: restore it from a copy, or use a new --workdir"
   for section in ("model", "data"):
     old, new = saved.get(section, {}), config[section].to_dict()
     # Where the data live is not what they are: a moved data_dir or manual_dir resumes.

@@ -244,3 +244,14 @@ def test_an_unchanged_resume_passes_the_check_whatever_the_data_resolve(tmp_path
   monkeypatch.setattr(build, "load_data", prepared)
   with pytest.raises(_DataPrepared):
     runner.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_broken_saved_config_refuses_the_resume_in_one_line(tfds_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"model": {"num_heads": 2}')  # cut short
+  config = tiny_config(tfds_data_dir, {"train.steps": 2})
+  with pytest.raises(ConfigError) as raised:
+    runner.train_and_evaluate(config, str(workdir))
+  assert "config.json is not valid JSON" in str(raised.value) and "\n" not in str(raised.value)
+  assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]
