@@ -27,3 +27,8 @@ def written_steps(workdir: str) -> list[int]:
   with open(os.path.join(workdir, METRICS_FILE), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
   return [row["step"] for row in rows if "train/loss" in row]
+
+
+def losses_by_step(workdir: str) -> dict[int, float]:
+  """{step: train/loss} of a run (train_losses as a dict)."""
+  return dict(train_losses(workdir))
