@@ -2,11 +2,20 @@ r"""Tables and plots of a sweep (or of one run), from the files the runs write; 
 
   python -m experiments.report --workdir=runs/heads [--metric=eval/accuracy]
 
-Writes into the workdir: results.csv, results.md (one row per trial), loss_curves.png (the training loss of
-every trial on one figure) and <metric>_vs_<parameter>.png (the final metric against each swept parameter).
-Reads only the trials' files (trial.json, summary.json, config.json, metrics.jsonl), never the study's
-database, so it works on a copy of the directory too. The code is experiments/sweeps/results.py (the rows)
-and report.py (tables, plots); JAX is imported only to count the parameters of a trial that has no summary yet.
+Writes into the workdir, and prints the two tables:
+- results.csv, results.md: one row per trial (point, replicate, seed, status, swept values, steps to target,
+  final and best eval metrics, parameters, tokens/s, wall time, error), best first by the metric;
+- points.csv, points.md: one row per point, the replicates (seeds) of one setting of the swept values grouped, in
+  the grid's order (unstarted grid points with n = 0): n completed of planned, the mean final metric with a 95%
+  t-interval over the n seeds ("n = 1, no interval"), the mean best metric, and for runs with a train.stop_when
+  target how many reached it and the median steps to target (Kaplan-Meier where some never did);
+- loss_curves.png, <metric>_by_trial.png, <metric>_vs_<path>.png per swept path and <metric>_vs_parameters.png
+  (point means with their intervals, the chance level of recall), eval_curves.png (each point's mean eval curve
+  with a 95% band), steps_to_target.png (one dot per seed, censored ones hollow).
+Reads only sweep.json and the trials' files (trial.json, summary.json, config.json, metrics.jsonl), never the
+study's database, so it works on a copy of the directory too. The code is experiments/sweeps/results.py (rows,
+points, their statistics), report.py (tables) and figures.py; JAX is imported only to count the parameters of a
+trial that has no summary yet.
 """
 
 from __future__ import annotations
@@ -28,8 +37,9 @@ def main(argv):
   if not os.path.isdir(workdir):
     raise app.UsageError(f"--workdir={workdir} is not a folder: give a sweep's directory (with trials/) or a run's")
   result = report.report(workdir, flags.FLAGS.metric)
-  with open(os.path.join(workdir, "results.md"), encoding="utf-8") as f:
-    print(f.read())
+  for table in ("results.md", "points.md"):
+    with open(os.path.join(workdir, table), encoding="utf-8") as f:
+      print(f.read())
   print("wrote " + ", ".join(result["files"]))
 
 

@@ -1,18 +1,22 @@
-"""Tables and plots of a sweep (or of one run) from the rows of results.py; works while a sweep runs.
+"""Tables and figures of a sweep (or of one run) from the rows of results.py; works while a sweep runs.
 
-Writes into the workdir: results.csv, results.md (one row per trial), loss_curves.png (the training loss of
-every trial on one figure) and <metric>_vs_<parameter>.png (the final metric against each swept parameter).
-matplotlib is imported where a figure is drawn.
+Writes into the workdir:
+- results.csv, results.md: one row per trial, best first by the metric (point, replicate, seed, status, swept
+  values, steps to target where the runs have one, final and best eval metrics, size, speed, wall time, error);
+- points.csv, points.md: one row per point (its swept values; its seeds grouped), in the grid's order: n completed
+  of the planned replicates, the mean final metric with its 95% t-interval, the mean best metric, and where the
+  runs have a target how many reached it and the median steps to target (results.py says how each is estimated);
+- the figures of experiments/sweeps/figures.py.
+scipy is imported where an interval or a censored median is computed, matplotlib where a figure is drawn.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import re
 from typing import Any
 
-from experiments.sweeps import results
+from experiments.sweeps import figures, results
 
 
 def _text(value: Any) -> str:
@@ -25,129 +29,95 @@ def _text(value: Any) -> str:
   return str(value)
 
 
-def write_tables(rows: list[dict[str, Any]], paths: list[str], metric: str, workdir: str) -> list[str]:
-  """Writes results.csv and results.md, best first by the metric; returns the column names."""
-  columns = ["trial", "status", *paths, "step"]
-  for name in results.EVAL_COLUMNS:
-    columns += [f"final {name}", f"best {name}"]
-  columns += ["parameters", "tokens/s", "wall s", "error"]
-  rows = sorted(rows, key=lambda r: results.sort_key(r, metric))
-  with open(os.path.join(workdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
+def _write(workdir: str, name: str, columns: list[str], rows: list[dict[str, Any]], header: str,
+           shown: list[str] | None = None) -> None:
+  """Writes name.csv (the columns, raw values) and name.md (the header, then the `shown` columns as text)."""
+  with open(os.path.join(workdir, f"{name}.csv"), "w", newline="", encoding="utf-8") as f:
     writer = csv.writer(f)
     writer.writerow(columns)
     for row in rows:
       writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
-  lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+  shown = shown or columns
+  lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
   for row in rows:
-    lines.append("| " + " | ".join(_text(row.get(c)).replace("|", "/") for c in columns) + " |")
+    lines.append("| " + " | ".join(_text(row.get(c)).replace("|", "/") for c in shown) + " |")
+  with open(os.path.join(workdir, f"{name}.md"), "w", encoding="utf-8") as f:
+    f.write(header + "\n\n" + "\n".join(lines) + "\n")
+
+
+def write_tables(rows: list[dict[str, Any]], paths: list[str], metric: str, workdir: str) -> list[str]:
+  """Writes results.csv and results.md, best first by the metric; returns the column names."""
+  columns = ["trial", "point", "replicate", "seed", "status", *paths, "step"]
+  if any(row["target"] for row in rows):
+    columns += ["target", "steps to target", "reached target"]
+  for name in results.eval_columns(metric):
+    columns += [f"final {name}", f"best {name}"]
+  columns += ["parameters", "tokens/s", "wall s", "error"]
+  rows = sorted(rows, key=lambda r: results.sort_key(r, metric))
   counts: dict[str, int] = {}
   for row in rows:
     counts[row["status"]] = counts.get(row["status"], 0) + 1
   tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-  header = f"{len(rows)} trials ({tally}), best first by final {metric}."
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(header + "\n\n" + "\n".join(lines) + "\n")
+  _write(workdir, "results", columns, rows, f"{len(rows)} trials ({tally}), best first by final {metric}.")
   return columns
 
 
-def slug_label(trial: str) -> str:
-  """A trial's id without its hash, for labels."""
-  return re.sub(r"-[0-9a-f]{8}$", "", trial)
+def point_caption(point_rows: list[dict[str, Any]], metric: str) -> str:
+  """What points.md shows and how its statistics were computed, with the number of seeds."""
+  counts = sorted({p["n"] for p in point_rows if p["n"]})
+  seeds = f"{counts[0]} seeds" if len(counts) == 1 else "n seeds (column n)"
+  clipped = ", clipped to [0, 1]" if results.bounds(metric) else ""
+  lines = [f"{len(point_rows)} points, in the sweep's order. n: replicates completed of those planned (a run "
+           "stopped at its target counts, with the metric at its stop).",
+           f"final {metric}: mean [low, high], a 95% t-interval over {seeds}: mean +- t(0.975, n - 1) s / sqrt(n)"
+           f"{clipped}; n = 1, no interval. best {metric} mean: the mean of each seed's best."]
+  target = next((p["target"] for p in point_rows if p.get("target")), "")
+  if target:
+    lines.append(f"Steps to {target}: reached counts the seeds that did. The median steps to target is the seeds' "
+                 "median when all reached it (median by: median), else the Kaplan-Meier median with the others "
+                 "censored at their last step (median by: Kaplan-Meier): the first step where the estimated "
+                 "fraction of seeds not yet at the target is <= 0.5, \"not reached\" when it never falls that far.")
+  return "\n".join(lines)
 
 
-def _file_part(name: str) -> str:
-  """A metric or config path as part of a file name: eval/loss -> eval_loss."""
-  return re.sub(r"[^A-Za-z0-9]+", "_", name)
-
-
-def _save(fig, workdir: str, name: str) -> str:
-  """Lays out, writes and closes a figure; returns its file name."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, name), dpi=110)
-  plt.close(fig)
-  return name
-
-
-def write_plots(rows: list[dict[str, Any]], paths: list[str], metric: str, workdir: str) -> list[str]:
-  """Writes loss_curves.png, <metric>_by_trial.png, <metric>_vs_parameters.png and <metric>_vs_<path>.png.
-
-  Returns:
-    The names of the files written.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")  # files only, no display
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  written = []
-  fig, ax = plt.subplots(figsize=(9, 5.5))
-  for row in rows:
-    if row["_curve"]:
-      steps, losses = zip(*row["_curve"])
-      ax.plot(steps, losses, label=f"{slug_label(row['trial'])} ({row['status']})", linewidth=1)
-  ax.set_xlabel("step")
-  ax.set_ylabel("train/loss")
-  ax.set_title(f"training loss of {len(rows)} trials")
-  if len(rows) <= 20:
-    ax.legend(fontsize=6, loc="upper right")
-  written.append(_save(fig, workdir, "loss_curves.png"))
-
-  key = f"final {metric}"
-  ranked = sorted((row for row in rows if row.get(key) is not None), key=lambda r: results.sort_key(r, metric))
-  if ranked:  # every trial by name: the one figure that shows zipped parameters (several paths) as they were set
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(ranked)))
-    ax.barh(range(len(ranked)), [row[key] for row in ranked])
-    ax.set_yticks(range(len(ranked)), [row["trial"] for row in ranked], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(key)
-    ax.set_title(f"{key} of each trial", fontsize=9)
-    written.append(_save(fig, workdir, f"{_file_part(metric)}_by_trial.png"))
-  sizes = [row for row in ranked if row.get("parameters")]
-  if len({row["parameters"] for row in sizes}) > 1:  # the metric against model size (value rank, heads at fixed K)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([row["parameters"] for row in sizes], [row[key] for row in sizes])
-    for row in sizes:
-      ax.annotate(slug_label(row["trial"]), (row["parameters"], row[key]), fontsize=6)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel(key)
-    ax.set_title(f"{key} against parameter count", fontsize=9)
-    written.append(_save(fig, workdir, f"{_file_part(metric)}_vs_parameters.png"))
-  for path in paths:
-    points = [(row.get(path), row[key]) for row in rows if row.get(key) is not None]
-    if not points:
-      continue
-    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if numeric:
-      ax.scatter([x for x, _ in points], [y for _, y in points])
-      if all(x > 0 for x, _ in points) and max(x for x, _ in points) / min(x for x, _ in points) > 8:
-        ax.set_xscale("log", base=2)
-    else:
-      labels = sorted({str(x) for x, _ in points})
-      ax.scatter([labels.index(str(x)) for x, _ in points], [y for _, y in points])
-      ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_xlabel(path)
-    ax.set_ylabel(key)
-    ax.set_title(f"{key} against {path} ({len(points)} trials)", fontsize=9)
-    written.append(_save(fig, workdir, f"{_file_part(metric)}_vs_{_file_part(path)}.png"))
-  return written
+def write_point_tables(point_rows: list[dict[str, Any]], paths: list[str], metric: str, workdir: str) -> list[str]:
+  """Writes points.csv and points.md (one row per point, in the sweep's order); returns the csv's columns."""
+  final = f"final {metric}"
+  statistics = ["n", "planned", f"{final} mean", f"{final} low", f"{final} high", f"best {metric} mean"]
+  targets = ["target", "reached", "median steps to target", "median by"]
+  has_target = any(p.get("target") for p in point_rows)
+  columns = ["point", *paths, *statistics, *(targets if has_target else []), "parameters", "not counted"]
+  for point in point_rows:
+    if point["n"] == 1:
+      point[final] = f"{_text(point[f'{final} mean'])} (n = 1, no interval)"
+    elif point["n"]:
+      point[final] = (f"{_text(point[f'{final} mean'])} [{_text(point[f'{final} low'])}, "
+                      f"{_text(point[f'{final} high'])}]")
+  shown = [*(paths or ["point"]), "n", "planned", final, f"best {metric} mean",
+           *(targets if has_target else []), "parameters", "not counted"]
+  _write(workdir, "points", columns, point_rows, point_caption(point_rows, metric), shown)
+  return columns
 
 
 def report(workdir: str, metric: str | None = None) -> dict[str, Any]:
-  """Writes the tables and plots of a sweep's or a run's workdir.
+  """Writes the tables and figures of a sweep's or a run's workdir.
 
   Args:
     workdir: a sweep's workdir (with trials/) or a single run's workdir.
     metric: the metric to rank and plot (default: the sweep's, or eval/loss).
 
   Returns:
-    {"rows": the rows (without curves), "files": the files written}.
+    {"rows": the trials' rows, "points": the points' rows (both without curves and the private '_' keys),
+     "files": the files written}.
   """
-  rows, paths, sweep_metric = results.collect(workdir)
-  metric = metric or sweep_metric
+  rows, paths, metric = results.collect(workdir, metric)
+  point_rows = results.points(rows, results.read_sweep(workdir), paths, metric)
   write_tables(rows, paths, metric, workdir)
-  files = ["results.csv", "results.md", *write_plots(rows, paths, metric, workdir)]
-  return {"rows": [{k: v for k, v in r.items() if k != "_curve"} for r in rows], "files": files}
+  write_point_tables(point_rows, paths, metric, workdir)
+  files = ["results.csv", "results.md", "points.csv", "points.md",
+           *figures.write(rows, point_rows, paths, metric, workdir)]
 
+  def public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+  return {"rows": [public(r) for r in rows], "points": [public(p) for p in point_rows], "files": files}
