@@ -65,12 +65,15 @@ def write_tables(rows: list[dict[str, Any]], paths: list[str], metric: str, work
 def point_caption(point_rows: list[dict[str, Any]], metric: str) -> str:
   """What points.md shows and how its statistics were computed, with the number of seeds."""
   counts = sorted({p["n"] for p in point_rows if p["n"]})
-  seeds = f"{counts[0]} seeds" if len(counts) == 1 else "n seeds (column n)"
   clipped = ", clipped to [0, 1]" if results.bounds(metric) else ""
-  lines = [f"{len(point_rows)} points, in the sweep's order. n: replicates completed of those planned (a run "
-           "stopped at its target counts, with the metric at its stop).",
-           f"final {metric}: mean [low, high], a 95% t-interval over {seeds}: mean +- t(0.975, n - 1) s / sqrt(n)"
-           f"{clipped}; n = 1, no interval. best {metric} mean: the mean of each seed's best."]
+  lines = [f"{len(point_rows)} point{'' if len(point_rows) == 1 else 's'}, in the sweep's order. n: replicates "
+           "completed of those planned (a run stopped at its target counts, with the metric at its stop)."]
+  if counts == [1]:
+    lines.append(f"final {metric}: each point's one seed (n = 1, no interval). best {metric} mean: its best.")
+  else:
+    seeds = f"{counts[0]} seeds" if len(counts) == 1 else "n seeds (column n)"
+    lines.append(f"final {metric}: mean [low, high], a 95% t-interval over {seeds}: mean +- t(0.975, n - 1) s / "
+                 f"sqrt(n){clipped}; n = 1, no interval. best {metric} mean: the mean of each seed's best.")
   target = next((p["target"] for p in point_rows if p.get("target")), "")
   if target:
     lines.append(f"Steps to {target}: reached counts the seeds that did. The median steps to target is the seeds' "
