@@ -90,6 +90,7 @@ def get_config() -> config_dict.ConfigDict:
   t.steps_per_call = 10
   t.eval_every = 500  # steps between evaluations (0: only at the end)
   t.checkpoint_every = 500  # steps between checkpoints (0: only at the end)
+  t.stop_when = ""  # end the run at the first evaluation that meets this, e.g. "eval/accuracy>=0.99" ("" = off)
 
   # The device mesh: axis sizes (-1 fills the remaining devices) and logical-to-mesh rules.
   c.mesh = mesh = config_dict.ConfigDict()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import build, checkpoint, host, sharding, validation
+from experiments import build, checkpoint, host, sharding, targets, validation
 from experiments.data import datasets, tokenizers
 from experiments.checkpoint import CheckpointError
 from experiments.files import CONFIG_FILE, SUMMARY_FILE, read_json, read_metrics, write_json
@@ -52,11 +54,33 @@ class EvalRecord:
       self.best.update(metrics, step=step)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False) -> dict[str, Any]:
-  """Runs (or resumes) the training a config describes and returns the final summary.
+def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
+                       on_evaluation: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) the training a config describes and returns the final summary (also in summary.json).
 
-  A workdir whose summary.json says it completed train.steps is left untouched and its summary returned;
-  raising train.steps continues it from its last checkpoint.
+  The summary's `status` says why the run ended at its `step`, each way with a checkpoint of that step:
+  "completed" (train.steps trained), "reached_target" (an evaluation met train.stop_when), "pruned"
+  (on_evaluation asked to stop) or "stopped by SIGTERM at step N" (or SIGINT; a rerun resumes). `stop_when` is the
+  target's canonical text ("" without one); a run with a target also records `steps_to_target`, the step of the
+  first evaluation that met it, or None when none did (censored at `step`). It is None exactly when the status
+  is not "reached_target".
+
+  A workdir whose summary.json completed train.steps, or reached its target (at a step within train.steps), under
+  this config's stop_when is left untouched and its summary returned: raising train.steps continues a completed
+  run, not one that reached its target. Any other workdir continues from its newest checkpoint: a completed run
+  given a new target, or one that reached another target, first looks in the evaluations it logged up to that
+  checkpoint (an earlier one that met the new target ends it there at once, with that evaluation's step as
+  steps_to_target), then trains on towards it; pruned and stopped runs train on. This rule also finishes a run
+  stopped after the evaluation that met its target but before its summary.
+
+  Args:
+    config: the run config (validated here).
+    workdir: the run's directory, made if missing.
+    progress: show a progress bar (process 0).
+    on_evaluation: called on process 0 after every evaluation of the loop, after the target check, with the step
+      and the eval metrics; True ends the run there, checkpointed, with status "pruned" (unless the target was
+      met there too, or the step was the last one: then the run reached its target or completed anyway). On
+      several processes its answer on process 0 holds for all.
 
   Raises:
     ConfigError: the config is invalid, or its model or data differ from the run saved in the workdir; both are
@@ -86,11 +110,40 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False)
     if conflict:
       raise ConfigError(conflict)
     finished = read_json(os.path.join(workdir, SUMMARY_FILE))
-    if finished and finished.get("status") == "completed" and finished.get("step") == config.train.steps:
-      logging.warning("%s already completed its %d steps: nothing to do (raise train.steps to continue it)",
-                      workdir, config.train.steps)
+    if _is_done(finished, config.train):
+      if finished["status"] == "completed":
+        logging.warning("%s already completed its %d steps: nothing to do (raise train.steps to continue it)",
+                        workdir, config.train.steps)
+      else:
+        logging.warning("%s already reached its target %s at step %d: nothing to do (change train.stop_when to "
+                        "continue it)", workdir, finished["stop_when"], finished["steps_to_target"])
       return finished
-    return _run(config, workdir, data, progress, start_time)
+    return _run(config, workdir, data, progress, start_time, on_evaluation)
+
+
+def _stop_when_text(t: ConfigDict) -> str:
+  """The canonical text of train.stop_when (validated), "" without a target: what summaries record."""
+  target = targets.parse_target(t.stop_when)
+  return "" if target is None else str(target)
+
+
+def _is_done(summary: dict | None, t: ConfigDict) -> bool:
+  """Whether a workdir's summary is already the result of a run with these train settings: it completed
+  train.steps, or reached its target within them, under the same stop_when (older summaries have none)."""
+  if not summary or summary.get("stop_when", "") != _stop_when_text(t):
+    return False
+  if summary.get("status") == "completed":
+    return summary.get("step") == t.steps
+  return summary.get("status") == "reached_target" and summary["step"] <= t.steps
+
+
+def _from_the_lead(value: int) -> int:
+  """Process 0's value on every process: what only it read (metrics.jsonl) or was told (on_evaluation)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
 def _restore_newest(workdir: str, training: build.Training, iterator: Any) -> tuple[TrainState | None, list[int]]:
@@ -136,8 +189,10 @@ def _start_state(config: ConfigDict, workdir: str, training: build.Training,
   return state, failed
 
 
-def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, start_time: float) -> dict[str, Any]:
+def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, start_time: float,
+         on_evaluation: Callable[[int, dict[str, float]], bool] | None) -> dict[str, Any]:
   t, lead = config.train, jax.process_index() == 0
+  target = targets.parse_target(t.stop_when)
   sharded = build.ShardedModel(config)
   evaluation = build.Evaluation(config, sharded, data)
   training = build.Training(config, sharded, data)
@@ -187,12 +242,16 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
   for row in earlier:
     if evals.metric in row:
       evals.add(row["step"], {k: v for k, v in row.items() if k.startswith("eval/")})
-  stop_reason = "completed"
+  # An evaluation up to the restored step that met the target (of a run stopped before its summary, or one
+  # reached under another target) ends the run where it is: nothing is trained.
+  met_at = _from_the_lead(next((row["step"] for row in earlier if target is not None and target.met(row)), -1))
+  steps_to_target = met_at if met_at >= 0 else None
+  stop_reason = "completed" if steps_to_target is None else "reached_target"
   manager = checkpoint.make_manager(workdir, config.checkpoint)
   try:
     with host.Preemption(jax.process_count()) as preemption:
       step = first_step
-      while step < t.steps:
+      while step < t.steps and steps_to_target is None:
         count = steps_in_call(t, step)
         with throughput.waiting_for_data():
           batches = sharding.global_batches([next(iterator) for _ in range(count)], sharded.mesh)
@@ -205,6 +264,7 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
         if step % t.log_every == 0 or final:
           train_log.flush(step)
         eval_metrics = None
+        ending = None  # why the run ends at this step, if it does: its target, on_evaluation or a signal
         if (t.eval_every and step % t.eval_every == 0) or final:
           train_log.flush(step)
           eval_metrics = evaluation.evaluate(state.params)
@@ -212,13 +272,25 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
           if probes.enabled:  # reads the parameters only: the train state, its RNG and the data order are untouched
             probes.write(step, state.params, writer)
           evals.add(step, eval_metrics)
-        stopping = preemption.reached(step)
-        if (t.checkpoint_every and step % t.checkpoint_every == 0) or final or stopping:
+          if target is not None and target.met(eval_metrics):
+            steps_to_target, ending = step, "reached_target"
+          prune = lead and on_evaluation is not None and bool(on_evaluation(step, dict(eval_metrics)))
+          if _from_the_lead(prune) and ending is None and not final:
+            ending = "pruned"
+        # Asked after every call on every process (on several it is a sync point); a target or on_evaluation that
+        # ends the run at this step goes first.
+        stopping = preemption.reached(step) and ending is None
+        if stopping:
+          ending = f"stopped by {preemption.signal_name} at step {step}"
+        if (t.checkpoint_every and step % t.checkpoint_every == 0) or final or ending:
           train_log.flush(step)  # never save a state whose loss went non-finite
           checkpoint.save(manager, state, iterator, eval_metrics)
-        if stopping:
-          stop_reason = f"stopped by {preemption.signal_name} at step {step}"
-          logging.warning("%s: checkpoint saved, exiting", stop_reason)
+        if ending:
+          stop_reason = ending
+          if stopping:
+            logging.warning("%s: checkpoint saved, exiting", ending)
+          else:
+            logging.info("%s at step %d: checkpoint saved, exiting", ending, step)
           break
         if eval_metrics is not None:
           throughput.restart()  # eval time is not step time
@@ -234,9 +306,10 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
     manager.close()
     if bar is not None:
       bar.close()
-  if first_step == t.steps:
-    # Stopped after its last checkpoint, before (or instead of) a completed summary: that summary again,
-    # from what the run logged and one evaluation of the final parameters, writing no metrics twice.
+  if step == first_step:
+    # It had ended (at train.steps or at its target) and saved its last checkpoint, but wrote no summary for this
+    # config: that summary now, from what the run logged and one evaluation of the final parameters, writing no
+    # metrics twice.
     train_log.last = next(({k: v for k, v in row.items() if k != "step"} for row in reversed(earlier)
                            if "train/loss" in row), {})
     evals.last = evaluation.evaluate(state.params)
@@ -253,7 +326,10 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
       "wall_time_sec": time.time() - start_time,
       "devices": jax.device_count(),
       "processes": jax.process_count(),
+      "stop_when": _stop_when_text(t),
   }
+  if target is not None:
+    summary["steps_to_target"] = steps_to_target
   if lead:
     write_json(os.path.join(workdir, SUMMARY_FILE), summary)
   writer.close()

@@ -77,7 +77,9 @@ def main(argv):
     # A full disk stops a run the same command resumes once there is space; the others need another workdir.
     cli.fail(f"{line}; {surviving_checkpoints(_WORKDIR.value)}", status=1 if cli.is_disk_full(error) else 2)
   if jax.process_index() == 0:
-    print(json.dumps({k: summary[k] for k in ("status", "step", "final", "parameters", "wall_time_sec")}, indent=1))
+    keys = ("status", "step", *(("stop_when", "steps_to_target") if summary.get("stop_when") else ()), "final",
+            "parameters", "wall_time_sec")
+    print(json.dumps({k: summary[k] for k in keys}, indent=1))
 
 
 if __name__ == "__main__":

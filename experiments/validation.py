@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 from ml_collections import ConfigDict
 
-from experiments import sharding
+from experiments import sharding, targets
 from experiments.data import datasets, tasks, text, tokenizers
 from experiments.inspection import parsing
 from experiments.optimizer import NO_DECAY_KINDS, SCHEDULES
@@ -24,8 +24,10 @@ class ConfigError(ValueError):
 AXIS_KEYS = {"heads": "model.num_heads", "kv_heads": "model.num_kv_heads", "mlp": "model.mlp_dim",
              "vocab": "model.vocab_size", "embed": "model.d_model", "head_dim": "model.head_dim",
              "value_rank": "model.value_rank", "layers": "model.num_layers"}
-EVAL_METRICS = ("eval/loss", "eval/accuracy", "eval/sequence_accuracy", "eval/perplexity", "eval/bits_per_char",
-                "eval/bits_per_byte")
+# What every evaluation computes (steps.summarize_eval), and what only text adds: its batches carry the characters
+# and bytes behind each token.
+TASK_EVAL_METRICS = ("eval/loss", "eval/accuracy", "eval/sequence_accuracy", "eval/perplexity")
+EVAL_METRICS = (*TASK_EVAL_METRICS, "eval/bits_per_char", "eval/bits_per_byte")
 # A stand-in vocabulary for checking the model before the char tokenizer has read the text.
 _UNKNOWN_VOCAB = 2
 
@@ -83,6 +85,31 @@ def _text_errors(d: ConfigDict) -> list[str]:
       errors.append(f"data.{key} is empty")
   if d.seq_len < 1:
     errors.append(f"data.seq_len={d.seq_len} must be >= 1")
+  return errors
+
+
+def eval_metrics(d: ConfigDict) -> tuple[str, ...]:
+  """The eval metrics a run with this `data` section produces."""
+  return EVAL_METRICS if d.task == datasets.TEXT else TASK_EVAL_METRICS
+
+
+def _stop_when_errors(t: ConfigDict, d: ConfigDict) -> list[str]:
+  """Problems of train.stop_when: its syntax, a metric this run's evaluation lacks, no evaluation to check it at."""
+  try:
+    target = targets.parse_target(t.stop_when)
+  except ValueError as error:
+    return [f"train.stop_when={t.stop_when!r}: {error}"]
+  if target is None:
+    return []
+  errors = []
+  produced = eval_metrics(d)
+  if target.metric not in produced:
+    reason = (f"{target.metric} is computed on text only (data.task={d.task!r})" if target.metric in EVAL_METRICS
+              else f"{target.metric!r} is not an eval metric")
+    errors.append(f"train.stop_when={t.stop_when!r}: {reason}: expected one of {', '.join(produced)}")
+  if t.eval_every == 0:
+    errors.append(f"train.stop_when={t.stop_when!r} needs evaluations during the run, but train.eval_every=0 "
+                  f"evaluates only at the end: set train.eval_every to the steps between checks (e.g. 100)")
   return errors
 
 
@@ -167,6 +194,7 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
   check(t.eval_every >= 0, f"train.eval_every={t.eval_every} must be >= 0 (0 = only at the end)")
   check(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0 (0 = only at the end)")
   check(0 <= t.seed < 2**32, f"train.seed={t.seed} must be in [0, 2**32)")
+  errors.extend(_stop_when_errors(t, d))
 
   mesh_shape = None
   try:
