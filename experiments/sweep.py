@@ -4,8 +4,13 @@ r"""Runs a sweep: many training runs of one base config, recorded in an Optuna s
       [--storage=postgresql://user@host/db]
 
 Each trial is a normal training run (experiments.runner) in SWEEPDIR/trials/<id>, the id made from the
-trial's overrides (experiments/sweeps/space.py). The study lives in --storage (default: SQLite in
-SWEEPDIR/study.db); processes on several machines that share a storage and a SWEEPDIR share the study.
+trial's overrides (experiments/sweeps/space.py). With `replicates` R > 1 every point runs R trials, replicate r
+with train.seed = the point's seed + r and the seed in its id; a grid runs point after point, all seeds of one
+before the next. Every evaluation of a trial is reported to the study as an intermediate value of the sweep's
+metric (the study's objective carries the metric's name, for optuna-dashboard), and a random or TPE sweep may
+name a pruner. The study lives in --storage (default: SQLite in SWEEPDIR/study.db); processes on several
+machines that share a storage and a SWEEPDIR share the study. The command prints one line per trial that ended
+(id, status, metric, step, wall time) and a line of progress after it.
 
 What makes a rerun of the same command safe:
   - A trial holds an exclusive lock on SWEEPDIR/trials/<id>/.claim while it runs, so no point trains in two

@@ -99,11 +99,11 @@ def test_a_trial_interrupted_in_process_is_requeued_and_resumed(tfds_data_dir, t
   real = runner.train_and_evaluate
   calls = []
 
-  def interrupt_the_second(config, workdir):
+  def interrupt_the_second(config, workdir, **kwargs):
     calls.append(workdir)
     if len(calls) == 2:
       raise KeyboardInterrupt
-    return real(config, workdir)
+    return real(config, workdir, **kwargs)
 
   monkeypatch.setattr(runner, "train_and_evaluate", interrupt_the_second)
   with pytest.raises(KeyboardInterrupt):

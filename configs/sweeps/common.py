@@ -23,8 +23,14 @@ def sweep_config(name: str) -> config_dict.ConfigDict:
   c.metric = "eval/loss"  # final eval metric the sampler optimises and the report ranks by
   c.direction = "minimize"  # minimize | maximize
   c.sampler = "grid"  # grid (every point once) | random | tpe
-  c.num_trials = 0  # trials to run; 0 = the whole grid (random and tpe need a number)
-  c.seed = 0  # sampler seed (the grid's order; random/tpe draws, offset per worker)
+  c.num_trials = 0  # points to run; 0 = the whole grid (random and tpe need a number)
+  # Seeds per point: replicate r trains with train.seed = the point's seed + r (init, dropout, data order; the
+  # dataset stays the same unless data.seed is varied too). The report gives each point's mean and interval.
+  c.replicates = 1
+  # Stops unpromising random/tpe trials at an evaluation: none | median | successive_halving (Optuna's pruners).
+  # A point's other replicates are queued once its first one ended unpruned: pruned whole or not at all.
+  c.pruner = "none"
+  c.seed = 0  # sampler seed (random/tpe draws, offset per worker); a grid runs point after point, in order
   c.workers = 1  # default --workers: trials in parallel processes on one machine
   return c
 

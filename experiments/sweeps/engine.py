@@ -18,7 +18,7 @@ import sys
 from ml_collections import ConfigDict
 
 from experiments import host
-from experiments.files import exclusive_lock, write_json
+from experiments.files import SUMMARY_FILE, TRIAL_FILE, exclusive_lock, read_json, write_json
 from experiments.sweeps import space, studies, trials
 
 
@@ -36,7 +36,8 @@ class Unfinished(RuntimeError):
 
 @contextlib.contextmanager
 def _ask_lock(sweepdir: str):
-  """Serializes `study.ask()` among the processes sharing sweepdir.
+  """Serializes queueing the trials a sweep needs (studies.finished) and `study.ask()` among the processes sharing
+  sweepdir: two workers would queue the same trials twice.
 
   Popping a queued (WAITING) trial is a read then a write; PostgreSQL and MySQL lock the row (SELECT ... FOR
   UPDATE), SQLite does not, so two local workers could both pop the same queued trial.
@@ -71,25 +72,66 @@ def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int =
     signal.signal(signal.SIGTERM, raise_interrupt)
   study = studies.open_study(sweep, storage_url, worker_index)
   trained, idle = 0, 0
-  max_idle = len(space.grid_points(sweep)) + 5 if sweep.sampler == "grid" else 3 * max(sweep.num_trials, 1)
+  planned = studies.planned_trials(sweep)
+  max_idle = planned + 5 if sweep.sampler == "grid" else 3 * max(planned, 1)
   try:
     while True:
       trials.recover_stale(study, sweep, sweepdir)
-      if studies.finished(study, sweep):
-        break
-      if idle > max_idle:  # every point asked for lately was trained already: the sampler has nothing new
-        logging.warning("worker %d: %d trials in a row were already done; stopping", worker_index, idle)
-        break
-      with _ask_lock(sweepdir):  # one local worker at a time takes a trial (see _ask_lock)
+      with _ask_lock(sweepdir):  # one local worker at a time queues and takes a trial (see _ask_lock)
+        if studies.finished(study, sweep):
+          break
+        if idle > max_idle:  # every trial asked for lately was done already: the sampler has nothing new
+          logging.warning("worker %d: %d trials in a row were already done; stopping", worker_index, idle)
+          break
         trial = study.ask()
-      if trials.run_trial(study, trial, sweep, sweepdir):
-        trained, idle = trained + 1, 0
-      else:
+      trial_dir = trials.run_trial(study, trial, sweep, sweepdir)
+      if trial_dir is None:
         idle += 1
+        continue
+      trained, idle = trained + 1, 0
+      print(trial_line(trial_dir, sweep.metric), file=sys.stderr, flush=True)
+      print(progress_line(studies.sweep_progress(study, sweep), sweep.name), file=sys.stderr, flush=True)
   except trials.Interrupted as error:
     logging.warning("worker %d stopped: %s; rerun the same command to resume", worker_index, error)
     raise KeyboardInterrupt from None
   return trained
+
+
+def trial_line(trial_dir: str, metric: str) -> str:
+  """One line on a trial that ended: its id, status, metric, steps and wall time (from its files)."""
+  record = read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
+  summary = read_json(os.path.join(trial_dir, SUMMARY_FILE)) or {}
+  status = record.get("status", "?")
+  parts = [f"trial {record.get('id', os.path.basename(trial_dir))}: {status}"]
+  value = summary.get("final", {}).get(metric)
+  if value is not None:
+    parts.append(f"{metric} {value:.4g}")
+  if summary.get("step") is not None:
+    parts.append(f"step {summary['step']}")
+  if summary.get("steps_to_target") is not None:
+    parts.append(f"target met at step {summary['steps_to_target']}")
+  attempts = [a["wall_sec"] for a in record.get("attempts") or [] if "wall_sec" in a]
+  if attempts:
+    parts.append(f"{sum(attempts):.0f} s")
+  if status == "failed" and record.get("error"):
+    parts.append(record["error"].splitlines()[0][:120])
+  return ", ".join(parts)
+
+
+def progress_line(progress: dict, name: str) -> str:
+  """The sweep's progress: trials ended of planned, failed, running, and a time left from the mean trial so far.
+
+  The time left assumes the running workers go on at the mean wall time of the trials ended so far.
+  """
+  line = f"sweep {name}: {progress['done']}/{progress['planned']} trials ended"
+  if progress["failed"]:
+    line += f" ({progress['failed']} failed)"
+  line += f", {progress['running']} running"
+  left = progress["planned"] - progress["done"]
+  if progress["mean_wall_sec"] and left > 0:
+    seconds = progress["mean_wall_sec"] * left / max(progress["running"], 1)
+    line += f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
+  return line
 
 
 def keep_freed_memory(sweep: ConfigDict) -> None:

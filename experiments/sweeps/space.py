@@ -1,7 +1,10 @@
 """What a sweep config describes, as plain data: its parameters, its grid, each trial's overrides and id.
 
-Pure functions of the sweep config (no Optuna, no training), used by the engine (experiments/sweeps/study.py,
-trials.py, engine.py). A sweep config's `parameters` is a list of entries, each one of:
+Pure functions of the sweep config (no Optuna, no training), used by the engine (experiments/sweeps/studies.py,
+trials.py, engine.py). A point is one choice of the parameters; with `replicates` R > 1 it runs R trials, replicate
+r with train.seed = the point's seed + r (`replicate_overrides`), each with its own id and directory.
+
+A sweep config's `parameters` is a list of entries, each one of:
 
   {"path": "model.num_heads", "values": [1, 2, 4]}              grid values (random/TPE: choices)
   {"paths": ["model.num_heads", "model.head_dim"],
@@ -13,6 +16,7 @@ trials.py, engine.py). A sweep config's `parameters` is a list of entries, each 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -26,8 +30,10 @@ from ml_collections import ConfigDict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "median", "successive_halving")
 DIRECTIONS = ("minimize", "maximize")
 LOCATION_KEYS = ("data.data_dir", "data.manual_dir")  # where data live, not what a trial trains on: not in its id
+REPLICATE_SEED = "train.seed"  # what tells a point's replicates apart (initialisation, dropout, data order)
 
 
 def load_config_file(spec: str) -> ConfigDict:
@@ -111,18 +117,23 @@ def corner_points(sweep: ConfigDict) -> list[dict[str, Any]]:
 
 
 def slug(overrides: dict[str, Any], limit: int = 60) -> str:
-  """A short readable name from the overrides: last path component and value, e.g. num_heads-4_head_dim-8."""
-  parts = []
-  for path, value in overrides.items():
+  """A short readable name from the overrides: last path component and value, e.g. num_heads-4_head_dim-8.
+
+  A replicate's seed (REPLICATE_SEED) comes last and is never cut, so that the replicates of a point read apart.
+  """
+  def part(path: str, value: Any) -> str:
     text = f"{value:.3g}" if isinstance(value, float) else str(value)
-    parts.append(f"{path.rsplit('.', 1)[-1]}-{text}")
-  return re.sub(r"[^A-Za-z0-9_.-]", "", "_".join(parts))[:limit] or "trial"
+    return re.sub(r"[^A-Za-z0-9_.-]", "", f"{path.rsplit('.', 1)[-1]}-{text}")
+
+  name = "_".join(part(p, v) for p, v in overrides.items() if p != REPLICATE_SEED)[:limit] or "trial"
+  return f"{name}_{part('seed', overrides[REPLICATE_SEED])}" if REPLICATE_SEED in overrides else name
 
 
 def trial_id(sweep: ConfigDict, overrides: dict[str, Any]) -> str:
   """The trial's directory name: a readable slug and a hash of the base config, fixed and varied overrides.
 
-  Overrides that only say where data live (LOCATION_KEYS) are left out of the hash.
+  Overrides that only say where data live (LOCATION_KEYS) are left out of the hash. Given a point's overrides
+  (`overrides_of`), it is the point's id; given a replicate's (`replicate_overrides`), the replicate's.
 
   The same point of the same sweep always gets the same id, on any machine and in any order, so a rerun
   finds its checkpoints; changing the base or a fixed override gives new ids (never a silent mix).
@@ -130,6 +141,43 @@ def trial_id(sweep: ConfigDict, overrides: dict[str, Any]) -> str:
   fixed = {k: v for k, v in flatten(sweep.fixed).items() if k not in LOCATION_KEYS}
   key = json.dumps({"base": sweep.base, "fixed": fixed, "overrides": overrides}, sort_keys=True, default=str)
   return f"{slug(overrides)}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def replicates(sweep: ConfigDict) -> int:
+  """Seeds per point (a sweep config without the key, as written before it existed, has one)."""
+  return int(sweep.get("replicates", 1))
+
+
+def pruner_name(sweep: ConfigDict) -> str:
+  return sweep.get("pruner", "none")
+
+
+@functools.lru_cache(maxsize=8)
+def _config_file_seed(spec: str, modified: float) -> int:
+  del modified  # part of the cache key only: an edited base file is read again
+  return int(load_config_file(spec).train.seed)
+
+
+def point_seed(sweep: ConfigDict, overrides: dict[str, Any]) -> int:
+  """train.seed of a point before replicates: its override, else the fixed one, else the base config's."""
+  if REPLICATE_SEED in overrides:
+    return int(overrides[REPLICATE_SEED])
+  fixed = flatten(sweep.fixed)
+  if REPLICATE_SEED in fixed:
+    return int(fixed[REPLICATE_SEED])
+  path = sweep.base.partition(":")[0]
+  path = path if os.path.exists(path) else os.path.join(REPO, path)
+  return _config_file_seed(sweep.base, os.path.getmtime(path) if os.path.exists(path) else 0.0)
+
+
+def replicate_overrides(sweep: ConfigDict, overrides: dict[str, Any], replicate: int) -> dict[str, Any]:
+  """The overrides of replicate r of a point: train.seed = the point's seed + r, in the id too.
+
+  A sweep of one replicate leaves the overrides (and so its trials' ids) as they were before replicates existed.
+  """
+  if replicates(sweep) == 1:
+    return dict(overrides)
+  return {**overrides, REPLICATE_SEED: point_seed(sweep, overrides) + replicate}
 
 
 def apply(config: ConfigDict, overrides: dict[str, Any]) -> ConfigDict:
@@ -151,10 +199,10 @@ def apply(config: ConfigDict, overrides: dict[str, Any]) -> ConfigDict:
   return config
 
 
-def trial_config(sweep: ConfigDict, params: dict[str, Any]) -> ConfigDict:
-  """The run config of one trial: the base config, the fixed overrides, then the trial's own."""
+def trial_config(sweep: ConfigDict, params: dict[str, Any], replicate: int = 0) -> ConfigDict:
+  """The run config of one trial: the base config, the fixed overrides, then the trial's own (seed included)."""
   config = apply(load_config_file(sweep.base), flatten(sweep.fixed))
-  return apply(config, overrides_of(sweep, params))
+  return apply(config, replicate_overrides(sweep, overrides_of(sweep, params), replicate))
 
 
 def check_sweep(sweep: ConfigDict) -> list[str]:
@@ -188,6 +236,15 @@ def check_sweep(sweep: ConfigDict) -> list[str]:
       errors.append(f"{where}: give 'values' or 'low' and 'high'")
   if sweep.sampler in ("random", "tpe") and sweep.num_trials < 1:
     errors.append(f"num_trials={sweep.num_trials}: the {sweep.sampler} sampler needs num_trials >= 1")
+  count = sweep.get("replicates", 1)
+  if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+    errors.append(f"replicates={count!r}: give the number of seeds per point, an integer >= 1")
+  pruner = pruner_name(sweep)
+  if pruner not in PRUNERS:
+    errors.append(f"pruner={pruner!r} is unknown: expected one of {', '.join(PRUNERS)}")
+  elif pruner != "none" and sweep.sampler == "grid":
+    errors.append(f"pruner={pruner!r} needs sampler 'random' or 'tpe': a grid runs every point to its end; "
+                  "set pruner='none'")
   return errors
 
 
@@ -218,6 +275,9 @@ def validate_trials(sweep: ConfigDict, device_count: int | None = None) -> list[
       message = f"{error.args[0] if error.args else error} (a sweep parameter or fixed override)"
     else:
       problems = validation.validate(config, device_count=device_count, process_count=1)
+      if pruner_name(sweep) != "none" and not config.train.eval_every:
+        problems.append(f"train.eval_every=0: the pruner {pruner_name(sweep)!r} decides at evaluations during "
+                        "training; set fixed.train.eval_every")
       message = "\n".join(f"trial {name}: {line}" for line in problems)
     if message and message not in seen:
       seen.add(message)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -30,8 +31,8 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
 class _GridSampler(optuna.samplers.GridSampler):
   """Optuna's grid sampler without its `study.stop()` once the grid is covered.
 
-  That call only works inside `study.optimize`; this engine uses ask and tell and decides itself when a
-  sweep is done (`finished`), because an interrupted trial must not count as a covered point.
+  That call only works inside `study.optimize`; this engine uses ask and tell, queues the grid's trials itself and
+  decides itself when a sweep is done (`finished`), because an interrupted trial must not count as a covered point.
   """
 
   def after_trial(self, study, trial, state, values):
@@ -39,7 +40,7 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def make_sampler(sweep: ConfigDict, worker_index: int) -> optuna.samplers.BaseSampler:
-  """The sweep's sampler. Grid: the same seed in every worker (it fixes the grid's order, shared by all)."""
+  """The sweep's sampler. A grid's trials are all queued (see _missing): its sampler only checks them."""
   if sweep.sampler == "grid":
     return _GridSampler(space.grid_space(sweep), seed=sweep.seed)
   seed = sweep.seed + worker_index  # workers of one machine draw different points
@@ -48,16 +49,42 @@ def make_sampler(sweep: ConfigDict, worker_index: int) -> optuna.samplers.BaseSa
   return optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # constant liar: parallel workers spread out
 
 
+def make_pruner(sweep: ConfigDict) -> optuna.pruners.BasePruner:
+  """The sweep's pruner (random and TPE searches only; space.check_sweep refuses one on a grid)."""
+  name = space.pruner_name(sweep)
+  if name == "median":
+    return optuna.pruners.MedianPruner()  # after 5 finished trials, stops one below their median at the same step
+  if name == "successive_halving":
+    return optuna.pruners.SuccessiveHalvingPruner()
+  return optuna.pruners.NopPruner()
+
+
 def open_study(sweep: ConfigDict, storage_url: str, worker_index: int = 0) -> optuna.Study:
-  """Creates or loads the sweep's study (processes on several machines may race to create it)."""
+  """Creates or loads the sweep's study (processes on several machines may race to create it).
+
+  The study's objective carries the metric's name, which optuna-dashboard shows beside its values.
+  """
   storage = make_storage(storage_url)
   for attempt in range(5):
     try:
-      return optuna.create_study(storage=storage, study_name=sweep.name, sampler=make_sampler(sweep, worker_index),
-                                 direction=sweep.direction, load_if_exists=True)
+      study = optuna.create_study(storage=storage, study_name=sweep.name, sampler=make_sampler(sweep, worker_index),
+                                  pruner=make_pruner(sweep), direction=sweep.direction, load_if_exists=True)
+      break
     except optuna.exceptions.DuplicatedStudyError:
       time.sleep(0.2 * (attempt + 1))
-  raise RuntimeError(f"could not create or load study {sweep.name!r} in {storage_url}")
+  else:
+    raise RuntimeError(f"could not create or load study {sweep.name!r} in {storage_url}")
+  if study.metric_names != [sweep.metric]:
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and the only way to name the objective
+      warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+      study.set_metric_names([sweep.metric])
+  return study
+
+
+def enqueue(study: optuna.Study, sweep: ConfigDict, params: dict[str, Any], replicate: int, **attrs: Any) -> None:
+  """Queues replicate r of a point; its id is recorded (`planned`), so that a queued trial counts as planned."""
+  planned = space.trial_id(sweep, space.replicate_overrides(sweep, space.overrides_of(sweep, params), replicate))
+  study.enqueue_trial(dict(params), user_attrs={"replicate": replicate, "planned": planned, **attrs})
 
 
 def requeue(study: optuna.Study, sweep: ConfigDict, frozen: optuna.trial.FrozenTrial, reason: str) -> None:
@@ -73,66 +100,130 @@ def requeue(study: optuna.Study, sweep: ConfigDict, frozen: optuna.trial.FrozenT
   except optuna.exceptions.UpdateFinishedTrialError:
     return
   if len(frozen.params) == len(space.parameters(sweep)):
-    study.enqueue_trial(dict(frozen.params), user_attrs={"retry_of": frozen.number})
+    enqueue(study, sweep, frozen.params, frozen.user_attrs.get("replicate", 0), retry_of=frozen.number)
   logging.warning("trial %d (%s) was interrupted (%s): enqueued again", frozen.number,
                   frozen.user_attrs.get("trial_id", "no point yet"), reason)
 
 
-def _progress(study: optuna.Study) -> dict[str, Any]:
-  """Counts of the study: trials that count towards the sweep, points done, running and waiting."""
+def _counts_as_done(t: optuna.trial.FrozenTrial, retried: set[int]) -> bool:
+  """A trial that ended for good: completed, failed (not interrupted, not retried since) or pruned by the pruner
+  (not a duplicate of a point another process claimed)."""
   state = optuna.trial.TrialState
-  counted, done, running, waiting = 0, set(), set(), 0
+  if "trial_id" not in t.user_attrs:
+    return False
+  if t.state == state.COMPLETE:
+    return True
+  if t.state == state.FAIL:
+    return "interrupted" not in t.user_attrs and t.number not in retried
+  return t.state == state.PRUNED and "duplicate_of" not in t.user_attrs
+
+
+def _progress(study: optuna.Study) -> dict[str, Any]:
+  """What the study's trials say: ids done, running and queued; points started; leaders (replicate 0) by point."""
+  state = optuna.trial.TrialState
   trials = study.get_trials(deepcopy=False)
   retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+  done, running, waiting, points, leaders = set(), set(), set(), set(), {}
+  waiting_count, done_count = 0, 0
   for t in trials:
+    point = t.user_attrs.get("point", t.user_attrs.get("trial_id"))
     if t.state == state.WAITING:
-      waiting += 1
-    elif t.state == state.RUNNING:
+      waiting_count += 1
+      waiting.add(t.user_attrs.get("planned"))
+      continue
+    if t.state == state.RUNNING:
       running.add(t.user_attrs.get("trial_id", f"unclaimed {t.number}"))
-    elif t.state == state.COMPLETE or (t.state == state.FAIL and "interrupted" not in t.user_attrs
-                                       and t.number not in retried):
-      if "trial_id" in t.user_attrs:
-        counted += 1
-        done.add(t.user_attrs["trial_id"])
-  return {"counted": counted, "done": done, "running": running, "waiting": waiting}
+    elif _counts_as_done(t, retried):
+      done_count += 1
+      done.add(t.user_attrs["trial_id"])
+    else:
+      continue
+    if "trial_id" in t.user_attrs:
+      points.add(point)
+      if t.user_attrs.get("replicate", 0) == 0:
+        leaders[point] = t
+  return {"done": done, "done_count": done_count, "running": running, "waiting": waiting,
+          "waiting_count": waiting_count, "points": points, "leaders": leaders}
 
 
 def retry_failed(study: optuna.Study, sweep: ConfigDict) -> int:
-  """Enqueues again the points of failed trials (not those already retried); returns how many."""
+  """Enqueues again the failed trials (not those already retried), each as the same replicate; returns how many."""
   trials = study.get_trials(deepcopy=False)
   retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
   count = 0
   for t in trials:
     if (t.state == optuna.trial.TrialState.FAIL and "interrupted" not in t.user_attrs and t.number not in retried
         and len(t.params) == len(space.parameters(sweep))):
-      study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+      enqueue(study, sweep, t.params, t.user_attrs.get("replicate", 0), retry_of=t.number)
       count += 1
   return count
 
 
-def _remaining_grid(sweep: ConfigDict, progress: dict[str, Any]) -> list[dict[str, Any]]:
-  """Grid points neither done nor running, as Optuna params."""
-  busy = progress["done"] | progress["running"]
-  return [p for p in space.grid_points(sweep) if space.trial_id(sweep, space.overrides_of(sweep, p)) not in busy]
+def planned_trials(sweep: ConfigDict) -> int:
+  """Trials the sweep runs in all: points (the grid's, or num_trials) times replicates."""
+  points = len(space.grid_points(sweep)) if sweep.sampler == "grid" else sweep.num_trials
+  if sweep.sampler == "grid" and sweep.num_trials:
+    points = min(points, sweep.num_trials)
+  return points * space.replicates(sweep)
+
+
+def _missing(sweep: ConfigDict, progress: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
+  """(Optuna params, replicate) of the trials to queue now: neither done, running nor queued.
+
+  A grid: every replicate of every point (of the first num_trials points, if set), point after point, so that
+  the first points have all their seeds early. A random or TPE search: the other replicates of each point whose
+  first replicate the sampler chose, at once, or with a pruner only once that replicate ended unpruned, so that a
+  point is pruned whole or not at all.
+  """
+  taken = progress["done"] | progress["running"] | progress["waiting"]
+  count = space.replicates(sweep)
+
+  def untaken(params: dict[str, Any], replicates: range) -> list[tuple[dict[str, Any], int]]:
+    overrides = space.overrides_of(sweep, params)
+    return [(params, r) for r in replicates
+            if space.trial_id(sweep, space.replicate_overrides(sweep, overrides, r)) not in taken]
+
+  if sweep.sampler == "grid":
+    points = space.grid_points(sweep)[:sweep.num_trials or None]
+    return [pair for params in points for pair in untaken(params, range(count))]
+  state = optuna.trial.TrialState
+  wait_for_leader = space.pruner_name(sweep) != "none"
+  missing = []
+  for leader in progress["leaders"].values():
+    ended_unpruned = leader.state in (state.COMPLETE, state.FAIL)
+    if count > 1 and len(leader.params) == len(space.parameters(sweep)) and (ended_unpruned or (
+        not wait_for_leader and leader.state == state.RUNNING)):
+      missing.extend(untaken(dict(leader.params), range(1, count)))
+  return missing
 
 
 def finished(study: optuna.Study, sweep: ConfigDict) -> bool:
-  """True when nothing is left for this worker: no queued trial, and the grid or num_trials is covered."""
+  """Queues the trials the sweep needs and no process runs or waits for (see _missing); then True when nothing is
+  left for this worker: nothing queued, and the grid or num_trials points covered.
+
+  Call it under the engine's ask lock: two local workers would queue the same trials twice.
+  """
   progress = _progress(study)
-  if progress["waiting"]:
+  missing = _missing(sweep, progress)
+  for params, replicate in missing:
+    enqueue(study, sweep, params, replicate)
+  if missing or progress["waiting_count"]:
     return False
-  if sweep.num_trials and progress["counted"] + len(progress["running"]) >= sweep.num_trials:
-    return True
-  if sweep.sampler != "grid":
-    return False
-  remaining = _remaining_grid(sweep, progress)
-  if remaining and study.sampler.is_exhausted(study):
-    # The grid sampler counts a point visited once any trial with it finished, an interrupted one
-    # included; queue what it will no longer hand out.
-    for params in remaining:
-      study.enqueue_trial(params, user_attrs={"requeued": True})
-    return False
-  return not remaining
+  return sweep.sampler == "grid" or len(progress["points"]) >= sweep.num_trials
+
+
+def sweep_progress(study: optuna.Study, sweep: ConfigDict) -> dict[str, Any]:
+  """For the sweep's progress line: trials planned, done, failed, running, and the mean wall time of those done."""
+  state = optuna.trial.TrialState
+  trials = study.get_trials(deepcopy=False)
+  retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+  ended = [t for t in trials if _counts_as_done(t, retried)]
+  walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in ended
+           if t.datetime_complete and t.datetime_start and not t.user_attrs.get("reused")]
+  return {"planned": planned_trials(sweep), "done": len(ended),
+          "failed": sum(t.state == state.FAIL for t in ended),
+          "running": sum(t.state == state.RUNNING for t in trials),
+          "mean_wall_sec": sum(walls) / len(walls) if walls else None}
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:

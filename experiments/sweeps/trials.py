@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -20,10 +21,12 @@ import optuna
 from ml_collections import ConfigDict
 
 from experiments.files import (CLAIM_FILE, SUMMARY_FILE, TRIAL_FILE, exclusive_lock, last_write_time, read_json,
-                               write_json)
+                               read_metrics, write_json)
 from experiments.sweeps import space, studies
 
 STALE_UNCLAIMED_SEC = 120  # a RUNNING trial that never claimed a point after this long is dead
+FINISHED = ("completed", "reached_target")  # a run's summary statuses that end a trial with its final metric
+PRUNED = "pruned"  # the run's status when the sweep's pruner stopped it (runner's on_evaluation said stop)
 
 
 class Interrupted(Exception):
@@ -117,59 +120,98 @@ def _suggest(trial: optuna.Trial, sweep: ConfigDict) -> dict[str, Any]:
   return dict(trial.params)
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweepdir: str) -> bool:
-  """Runs one asked trial to its end and tells the study; returns whether it trained.
+def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweepdir: str) -> str | None:
+  """Runs one asked trial to its end and tells the study; returns its directory if it trained, else None.
+
+  The trial is replicate `replicate` (a user attribute set when it was queued; 0 for a point the sampler chose) of
+  its point. At each evaluation it reports the sweep's metric to the study as an intermediate value; the first
+  replicate of a point also asks the study's pruner whether to stop (the others are queued only once it ended).
 
   Raises:
     Interrupted: a signal stopped the training (checkpoint saved, trial requeued).
   """
   params = _suggest(trial, sweep)
-  overrides = space.overrides_of(sweep, params)
-  point = space.trial_id(sweep, overrides)
-  trial_dir = os.path.join(sweepdir, "trials", point)
+  replicate = int(trial.user_attrs.get("replicate", 0))
+  point_overrides = space.overrides_of(sweep, params)
+  overrides = space.replicate_overrides(sweep, point_overrides, replicate)
+  point, trial_name = space.trial_id(sweep, point_overrides), space.trial_id(sweep, overrides)
+  trial_dir = os.path.join(sweepdir, "trials", trial_name)
   with claim(trial_dir) as owned:
-    if not owned:  # another live process trains this point (a race of two workers on one grid point)
-      if _stored(study, trial).user_attrs.get("trial_id") == point:
-        return False  # this very trial, popped twice: its owner tells the study
-      trial.set_user_attr("duplicate_of", point)
+    if not owned:  # another live process trains this trial (a race of two workers on one grid point)
+      if _stored(study, trial).user_attrs.get("trial_id") == trial_name:
+        return None  # this very trial, popped twice: its owner tells the study
+      trial.set_user_attr("duplicate_of", trial_name)
       study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-      return False
-    trial.set_user_attr("trial_id", point)  # only under the lock: recover_stale relies on this order
-    trial.set_user_attr("overrides", json.loads(json.dumps(overrides, default=str)))
+      return None
+    # trial_id only under the lock: recover_stale relies on this order
+    for key, value in (("replicate", replicate), ("point", point), ("trial_id", trial_name),
+                       ("overrides", json.loads(json.dumps(overrides, default=str)))):
+      trial.set_user_attr(key, value)
+    reported = _report_logged(trial, trial_dir, sweep.metric)
     summary = read_json(os.path.join(trial_dir, SUMMARY_FILE))
-    if summary and summary.get("status") == "completed":  # trained before (e.g. a study database was lost)
+    if summary and summary.get("status") in FINISHED:  # trained before (e.g. a study database was lost)
       trial.set_user_attr("reused", True)
       _tell(study, trial, summary, sweep.metric, trial_dir)
-      return False
+      return None
     attempts = (read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}).get("attempts") or []
-    _record(trial_dir, id=point, status="running", number=trial.number, params=params, overrides=overrides,
-            metric=sweep.metric, worker=f"{socket.gethostname()}:{os.getpid()}", error=None,
+    _record(trial_dir, id=trial_name, point=point, replicate=replicate, replicates=space.replicates(sweep),
+            status="running", number=trial.number, params=params, overrides=overrides, metric=sweep.metric,
+            worker=f"{socket.gethostname()}:{os.getpid()}", error=None,
             attempts=[*attempts, {"start": time.time()}])
     # The run (JAX, flax, orbax) is imported here, where a worker trains: the sweep command and its
     # bookkeeping do without it.
     from experiments import runner  # pylint: disable=g-import-not-at-top
 
+    def on_evaluation(step: int, metrics: dict[str, float]) -> bool:
+      """Reports the metric to the study; True (stop, pruned) when the pruner says so to a point's first replicate."""
+      value = metrics.get(sweep.metric)
+      if value is None or not math.isfinite(value) or step in reported:
+        return False
+      trial.report(float(value), step)
+      reported.add(step)
+      return replicate == 0 and space.pruner_name(sweep) != "none" and trial.should_prune()
+
     try:
-      config = space.trial_config(sweep, params)
-      summary = runner.train_and_evaluate(config, trial_dir)
+      config = space.trial_config(sweep, params, replicate)
+      _record(trial_dir, seed=config.train.seed)
+      summary = runner.train_and_evaluate(config, trial_dir, on_evaluation=on_evaluation)
     except KeyboardInterrupt:
       studies.requeue(study, sweep, _stored(study, trial), "KeyboardInterrupt")
       _end_attempt(trial_dir, time.time(), status="interrupted")
-      raise Interrupted(f"trial {point} interrupted") from None
+      raise Interrupted(f"trial {trial_name} interrupted") from None
     except Exception as error:  # pylint: disable=broad-except  (any failure of one trial is recorded, not fatal)
       message = f"{type(error).__name__}: {error}".strip()
-      logging.error("trial %d (%s) failed: %s", trial.number, point, message)
+      logging.error("trial %d (%s) failed: %s", trial.number, trial_name, message)
       trial.set_user_attr("error", message[:4000])
       study.tell(trial, state=optuna.trial.TrialState.FAIL)
       _end_attempt(trial_dir, time.time(), status="failed", error=message)
-      return True
+      return trial_dir
     _end_attempt(trial_dir, time.time())
-    if summary["status"] != "completed":  # stopped by SIGINT/SIGTERM: the runner saved a checkpoint
+    if summary["status"] == PRUNED:
+      trial.set_user_attr("pruned_at", summary["step"])
+      study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+      _record(trial_dir, status=PRUNED, value=summary.get("final", {}).get(sweep.metric))
+      return trial_dir
+    if summary["status"] not in FINISHED:  # stopped by SIGINT/SIGTERM: the runner saved a checkpoint
       studies.requeue(study, sweep, _stored(study, trial), summary["status"])
       _record(trial_dir, status="interrupted")
-      raise Interrupted(f"trial {point}: {summary['status']}")
+      raise Interrupted(f"trial {trial_name}: {summary['status']}")
     _tell(study, trial, summary, sweep.metric, trial_dir)
-    return True
+    return trial_dir
+
+
+def _report_logged(trial: optuna.Trial, trial_dir: str, metric: str) -> set[int]:
+  """Reports the metric at the evaluations an earlier attempt at the trial logged; returns their steps.
+
+  A resumed trial is a new Optuna trial: without these its intermediate values would start where it resumed.
+  """
+  steps = set()
+  for row in read_metrics(trial_dir):
+    value = row.get(metric)
+    if value is not None and math.isfinite(value):
+      trial.report(float(value), row["step"])
+      steps.add(row["step"])
+  return steps
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, summary: dict, metric: str, trial_dir: str) -> None:
