@@ -190,3 +190,11 @@ def test_a_trained_sweep_of_two_points_by_three_seeds_reports_each_point_with_it
     assert float(point["final eval/loss high"]) == pytest.approx(losses.mean() + half, rel=1e-6)
     assert point["reached"] == "3" and point["median steps to target"] == "1"
   assert {"points.csv", "points.md", "eval_curves.png", "steps_to_target.png"} <= set(written["files"])
+
+
+def test_the_progress_line_counts_trials_and_estimates_the_time_left():
+  progress = {"planned": 12, "done": 4, "failed": 1, "running": 1, "mean_wall_sec": 100.0}
+  # 8 trials left at 100 s each, two at a time (the one running and this worker's next): 400 s.
+  assert engine.progress_line(progress, "s") == "sweep s: 4/12 trials ended (1 failed), 1 running, about 7 min left"
+  progress.update(done=11, running=0)  # the last one alone: 100 s
+  assert engine.progress_line(progress, "s") == "sweep s: 11/12 trials ended (1 failed), 0 running, about 100 s left"

@@ -121,7 +121,8 @@ def trial_line(trial_dir: str, metric: str) -> str:
 def progress_line(progress: dict, name: str) -> str:
   """The sweep's progress: trials ended of planned, failed, running, and a time left from the mean trial so far.
 
-  The time left assumes the running workers go on at the mean wall time of the trials ended so far.
+  The time left assumes that the trials running and the one this worker takes next go on in parallel, each at the
+  mean wall time of the trials ended so far.
   """
   line = f"sweep {name}: {progress['done']}/{progress['planned']} trials ended"
   if progress["failed"]:
@@ -129,7 +130,7 @@ def progress_line(progress: dict, name: str) -> str:
   line += f", {progress['running']} running"
   left = progress["planned"] - progress["done"]
   if progress["mean_wall_sec"] and left > 0:
-    seconds = progress["mean_wall_sec"] * left / max(progress["running"], 1)
+    seconds = progress["mean_wall_sec"] * left / min(progress["running"] + 1, left)
     line += f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
   return line
 
