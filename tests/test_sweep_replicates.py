@@ -196,5 +196,5 @@ def test_the_progress_line_counts_trials_and_estimates_the_time_left():
   progress = {"planned": 12, "done": 4, "failed": 1, "running": 1, "mean_wall_sec": 100.0}
   # 8 trials left at 100 s each, two at a time (the one running and this worker's next): 400 s.
   assert engine.progress_line(progress, "s") == "sweep s: 4/12 trials ended (1 failed), 1 running, about 7 min left"
-  progress.update(done=11, running=0)  # the last one alone: 100 s
-  assert engine.progress_line(progress, "s") == "sweep s: 11/12 trials ended (1 failed), 0 running, about 100 s left"
+  progress.update(done=11, running=0, mean_wall_sec=60.0)  # the last one alone: 60 s
+  assert engine.progress_line(progress, "s") == "sweep s: 11/12 trials ended (1 failed), 0 running, about 60 s left"
