@@ -240,8 +240,9 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
   check(ck.keep >= 1, f"checkpoint.keep={ck.keep} must be >= 1")
   check(ck.keep_best >= 0, f"checkpoint.keep_best={ck.keep_best} must be >= 0")
   check(ck.best_mode in ("min", "max"), f"checkpoint.best_mode={ck.best_mode!r} must be 'min' or 'max'")
-  check(ck.best_metric in EVAL_METRICS,
-        f"checkpoint.best_metric={ck.best_metric!r} is unknown: expected one of {', '.join(EVAL_METRICS)}")
+  check(ck.best_metric in eval_metrics(d),
+        f"checkpoint.best_metric={ck.best_metric!r} is not an eval metric of this run (data.task={d.task!r}): "
+        f"expected one of {', '.join(eval_metrics(d))}")
   if ck.restore_from:
     check(os.path.isdir(os.path.join(ck.restore_from, "checkpoints")),
           f"checkpoint.restore_from={ck.restore_from!r} has no checkpoints/ folder: give a training run's workdir")

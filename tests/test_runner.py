@@ -188,6 +188,7 @@ INVALID = [
     ("data.num_pairs", 100, "data."),
     ("checkpoint.best_mode", "lowest", "checkpoint.best_mode"),
     ("checkpoint.best_metric", "eval/bleu", "checkpoint.best_metric"),
+    ("checkpoint.best_metric", "eval/bits_per_byte", "checkpoint.best_metric"),  # text only: a task has none
     ("checkpoint.restore_from", "/nonexistent/run", "checkpoint.restore_from"),
 ]
 
