@@ -124,7 +124,7 @@ def _progress(study: optuna.Study) -> dict[str, Any]:
   trials = study.get_trials(deepcopy=False)
   retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
   done, running, waiting, points, leaders = set(), set(), set(), set(), {}
-  waiting_count, done_count = 0, 0
+  waiting_count = 0
   for t in trials:
     point = t.user_attrs.get("point", t.user_attrs.get("trial_id"))
     if t.state == state.WAITING:
@@ -134,7 +134,6 @@ def _progress(study: optuna.Study) -> dict[str, Any]:
     if t.state == state.RUNNING:
       running.add(t.user_attrs.get("trial_id", f"unclaimed {t.number}"))
     elif _counts_as_done(t, retried):
-      done_count += 1
       done.add(t.user_attrs["trial_id"])
     else:
       continue
@@ -142,7 +141,7 @@ def _progress(study: optuna.Study) -> dict[str, Any]:
       points.add(point)
       if t.user_attrs.get("replicate", 0) == 0:
         leaders[point] = t
-  return {"done": done, "done_count": done_count, "running": running, "waiting": waiting,
+  return {"done": done, "running": running, "waiting": waiting,
           "waiting_count": waiting_count, "points": points, "leaders": leaders}
 
 
