@@ -75,6 +75,8 @@ FLAG_CASES = [
     pytest.param("experiments.evaluate", ["--workdir={W}"], ["config.json", "does not exist"], id="evaluate-not-a-run",
                  marks=SLOW),
     pytest.param("experiments.sample", [], ["--workdir is required"], id="sample-no-workdir", marks=SLOW),
+    pytest.param("experiments.import_hf", ["--checkpoint={F}", "--workdir={W}"], ["--checkpoint={F}", "is a file"],
+                 id="import_hf-checkpoint-is-a-file", marks=SLOW),
     pytest.param("experiments.inspect", ["heads"], ["--workdir is required"], id="inspect-no-workdir", marks=SLOW),
     pytest.param("experiments.params", ["--config=configs/base.py", "--config.modl.vocab_size=3"],
                  ["--config.modl.vocab_size", "did you mean --config.model"], id="params-unknown-key", marks=SLOW),
