@@ -3,7 +3,8 @@
 The models are random GPT2LMHeadModels of transformers (torch, CPU), seeded and saved with save_pretrained:
 nothing is downloaded. transformers and torch are test-only dependencies (requirements-dev.txt): without them
 the comparisons skip, and under CI=true they fail (tests/helpers/components.py). Importing them costs ~8 s of
-CPU, so every test that does is slow; the refusals read folders written without them and are fast.
+CPU, so every test that does is slow; the refusals and the reader's checks use folders written without them
+(tests/helpers/hf_checkpoints.py) and are fast.
 """
 
 from __future__ import annotations
@@ -20,18 +21,18 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from configs import base
+from configs import base, gpt2
 from experiments import checkpoint, evaluate, hugging_face, runner, sample
 from experiments.data import text, tokenizers
 from experiments.validation import ConfigError
-from transformer import model_config_from
 from tests.helpers.components import unavailable
 from tests.helpers.hf_checkpoints import gpt2_config, gpt2_tensors, write_checkpoint, write_safetensors
+from transformer import model_config_from
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MERGES = ["h e", "Ġ t", "Ġt he", "l l"]
 CONTEXT = 32  # n_positions of the random models, and the windows their workdirs evaluate
-# (n_embd, n_head): one head count that divides nothing evenly in powers of two.
+# (n_embd, n_head): a power-of-two head count and an odd one.
 SIZES = {"four_heads": (32, 4), "three_heads": (48, 3)}
 CORPUS_LINE = "the king and the queen speak of war and peace, my lord! what say you? naïve café über 12\n"
 SAMPLES = ["Hello world", " leading and  double  spaces ", "lines\n\nand\ttabs\r\n", "naïve café — Über!",
@@ -123,6 +124,19 @@ def test_the_untouched_folder_imports_and_a_used_workdir_is_refused(tmp_path):
     hugging_face.import_checkpoint(folder, str(tmp_path / "imported"), _config())
 
 
+@pytest.mark.parametrize("size", gpt2.VARIANTS)
+def test_the_released_gpt2_configs_map_to_configs_gpt2(size):
+  """The hub's gpt2 ... gpt2-xl config.json sizes give configs/gpt2.py's models (whose parameter counts are the
+  released ones: tests/test_accounting.py), so --config=configs/gpt2.py:<size> fine-tunes an imported GPT-2."""
+  num_layers, d_model, num_heads = gpt2.SIZES[size]
+  released = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "activation_function": "gelu_new",
+              "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024, "n_embd": d_model, "n_layer": num_layers,
+              "n_head": num_heads, "layer_norm_epsilon": 1e-05}  # as the hub's files have them (no n_inner: 4D)
+  section = hugging_face.model_section(released, "config.json")
+  expected = gpt2.get_config(size).model
+  assert {key: expected[key] for key in section} == section
+
+
 def test_safetensors_of_each_float_dtype_read_as_float32(tmp_path):
   values = np.array([[1.5, -2.0], [0.15625, 24576.0]], np.float32)  # exact in every dtype, bfloat16's 8 bits too
   path = str(tmp_path / "model.safetensors")
@@ -133,6 +147,39 @@ def test_safetensors_of_each_float_dtype_read_as_float32(tmp_path):
     assert tensors[name].dtype == np.float32
     np.testing.assert_array_equal(tensors[name], values)
   np.testing.assert_array_equal(tensors["d"], values.ravel())
+
+
+def test_a_sharded_checkpoint_reads_every_shard_its_index_lists(tmp_path):
+  tensors = gpt2_tensors(gpt2_config(300))
+  names = sorted(tensors)
+  shards = {"model-00001-of-00002.safetensors": names[:10], "model-00002-of-00002.safetensors": names[10:]}
+  for shard, shard_names in shards.items():
+    write_safetensors(str(tmp_path / shard), {name: tensors[name] for name in shard_names})
+  index = {"weight_map": {name: shard for shard, shard_names in shards.items() for name in shard_names}}
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+  read, source = hugging_face.read_weights(str(tmp_path))
+  assert source.endswith("model.safetensors.index.json") and sorted(read) == names
+  for name in names:
+    np.testing.assert_array_equal(read[name], tensors[name])
+  os.remove(tmp_path / "model-00002-of-00002.safetensors")
+  with pytest.raises(hugging_face.ImportFailure, match="model-00002-of-00002.safetensors is missing"):
+    hugging_face.read_weights(str(tmp_path))
+
+
+def test_the_hubs_names_without_the_prefix_and_with_mask_buffers_give_the_same_parameters():
+  """The hub's gpt2 stores `h.0.attn.c_attn.weight` (GPT2Model's names) and each layer's causal mask as
+  `h.N.attn.bias` [1, 1, T, T] (older files also `masked_bias`); save_pretrained of GPT2LMHeadModel neither."""
+  c = gpt2_config(300)
+  tensors = gpt2_tensors(c)
+  hub = {name.removeprefix("transformer."): array for name, array in tensors.items()}
+  for i in range(c["n_layer"]):
+    hub[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 32, 32), np.float32))
+    hub[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+  model = model_config_from(hugging_face.model_section(c, "config.json"))
+  ours, theirs = hugging_face.gpt2_params(tensors, model, "m"), hugging_face.gpt2_params(hub, model, "m")
+  jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+  with pytest.raises(hugging_face.ImportFailure, match="m: tensor h.0.ln_1.bias is missing"):
+    hugging_face.gpt2_params({k: v for k, v in hub.items() if k != "h.0.ln_1.bias"}, model, "m")
 
 
 def test_an_untied_head_becomes_the_unembedding_and_a_tied_copy_is_accepted():
