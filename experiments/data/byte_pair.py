@@ -10,8 +10,8 @@ pieces' bytes, so decode(encode(text)) == text.
 
 Files, as Hugging Face saves them: `vocab.json` ({piece: id}) and `merges.txt` (a `#version` line, then one
 merge "a b" per line, in rank order); or `tokenizer.json` (the same under "model", special tokens under
-"added_tokens"). Only the pure-Python reference of GPT-2's encoder is followed here; Hugging Face's
-`transformers` tokenizer is the reference of the tests, never imported by the project.
+"added_tokens"). The algorithm is that of the encoder.py OpenAI released with GPT-2; Hugging Face's
+`transformers` tokenizer is the tests' reference (tests/test_import_hf.py), never imported by the project.
 """
 
 from __future__ import annotations
