@@ -248,6 +248,18 @@ def test_an_unchanged_resume_passes_the_check_whatever_the_data_resolve(tmp_path
     runner.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+def test_a_run_older_than_a_config_key_resumes_while_the_key_stays_empty(tmp_path):
+  config = tiny_config(str(tmp_path / "data"), {"train.steps": 20})
+  _saved_run(str(tmp_path / "run"), config)
+  with open(tmp_path / "run" / CONFIG_FILE) as f:
+    saved = json.load(f)
+  del saved["data"]["tokenizer_dir"]  # as a run saved it before data.tokenizer_dir existed
+  write_json(str(tmp_path / "run" / CONFIG_FILE), saved)
+  assert resume_conflict(str(tmp_path / "run"), config) is None
+  config.data.tokenizer_dir = "gpt2_tokenizer"
+  assert "data.tokenizer_dir='gpt2_tokenizer' differs from None" in resume_conflict(str(tmp_path / "run"), config)
+
+
 def test_a_broken_saved_config_refuses_the_resume_in_one_line(tfds_data_dir, tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
