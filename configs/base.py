@@ -62,8 +62,9 @@ def get_config() -> config_dict.ConfigDict:
   d.text_feature = "text"  # the feature that holds the text
   d.train_split = "train"  # split to train (and to fit the tokenizer) on
   d.eval_split = "validation"  # split to evaluate on; "+" joins splits end to end, e.g. "validation+test"
-  d.tokenizer = "char"  # char | byte | sentencepiece (fit on the training split, cached in data_dir)
+  d.tokenizer = "char"  # char | byte | sentencepiece (fit on the training split, cached in data_dir) | gpt2
   d.sentencepiece_type = "bpe"  # bpe | unigram
+  d.tokenizer_dir = ""  # gpt2: the folder of its vocab.json and merges.txt (an import_hf workdir's tokenizer/)
 
   # The optimizer: AdamW with warmup then a decay schedule.
   c.optimizer = o = config_dict.ConfigDict()

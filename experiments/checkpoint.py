@@ -111,6 +111,24 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_iterator: Any,
                metrics=metrics, force=True)
 
 
+def save_params(workdir: str, params: Any, step: int = 0) -> None:
+  """Writes parameters alone as workdir's checkpoint at `step`: a model made elsewhere (an imported one).
+
+  The same layout as a run's `state` item, without the optimizer state, RNG and data position that only
+  resuming a run needs: evaluation, sampling, inspection and `checkpoint.restore_from` read the parameters alone.
+  """
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True)
+  with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINTS)), options=options) as manager:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(
+        {"step": jnp.array(step, jnp.int32), "params": params})), force=True)
+
+
+def holds_params_only(workdir: str, step: int) -> bool:
+  """Whether workdir's checkpoint at `step` was written by save_params: no data position, so no run to resume."""
+  saved = os.path.join(workdir, CHECKPOINTS, str(step))
+  return os.path.isdir(os.path.join(saved, "state")) and not os.path.exists(os.path.join(saved, "data"))
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState, data_iterator: Any) -> TrainState:
   """Restores the state (laid out as the shardings in abstract_state say) and moves the iterator in place."""
   restored = manager.restore(step, args=ocp.args.Composite(

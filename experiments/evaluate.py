@@ -13,7 +13,7 @@ import json
 import jax
 from absl import flags
 
-from experiments import build, checkpoint, cli
+from experiments import build, checkpoint, cli, validation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
@@ -26,6 +26,7 @@ def evaluate(workdir: str, step: int | None = None, max_batches: int | None = No
   Raises:
     FileNotFoundError: the workdir has no config.json or no checkpoint (at that step).
     CheckpointError: the checkpoint at `step`, or with None every checkpoint, does not read.
+    ConfigError: the data cannot be prepared as configured (one line naming the field).
   """
   config = checkpoint.read_config(workdir)
   if max_batches is not None:
@@ -40,7 +41,8 @@ def main(argv):
   del argv
   try:
     metrics = evaluate(_WORKDIR.value, _STEP.value, _MAX_BATCHES.value)
-  except (FileNotFoundError, checkpoint.CheckpointError) as error:  # not a run, or no readable checkpoint
+  # Not a run, no readable checkpoint, or data that cannot be prepared (offline, say): one line each.
+  except (FileNotFoundError, checkpoint.CheckpointError, validation.ConfigError) as error:
     cli.fail(str(error))
   if jax.process_index() == 0:
     print(json.dumps(metrics, indent=1))

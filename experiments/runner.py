@@ -157,6 +157,9 @@ def _restore_newest(workdir: str, training: build.Training, iterator: Any) -> tu
     steps = manager.all_steps()
     if not steps:
       return None, []
+    if checkpoint.holds_params_only(workdir, max(steps)):
+      raise ConfigError(f"{workdir} holds a model's parameters alone (an imported one), no run to resume: train "
+                        f"from it in a new --workdir with --config.checkpoint.restore_from={workdir}")
     state, step, failed = checkpoint.restore_newest(
         directory, steps, lambda at: checkpoint.restore(manager, at, training.abstract_state, iterator))
   except CheckpointError as error:

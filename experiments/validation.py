@@ -10,7 +10,7 @@ import jax
 from ml_collections import ConfigDict
 
 from experiments import sharding, targets
-from experiments.data import datasets, tasks, text, tokenizers
+from experiments.data import byte_pair, datasets, tasks, text, tokenizers
 from experiments.inspection import parsing
 from experiments.optimizer import NO_DECAY_KINDS, SCHEDULES
 from transformer import ModelConfig, TransformerLM, model_config_from
@@ -80,6 +80,7 @@ def _text_errors(d: ConfigDict) -> list[str]:
                     f"more); try 1024")
   elif d.vocab_size != 0:
     errors.append(f"data.vocab_size={d.vocab_size}: the {d.tokenizer} tokenizer sets the vocabulary itself; set 0")
+  errors.extend(_tokenizer_dir_errors(d))
   for key in ("train_split", "eval_split", "text_feature"):
     if not d[key]:
       errors.append(f"data.{key} is empty")
@@ -111,6 +112,22 @@ def _stop_when_errors(t: ConfigDict, d: ConfigDict) -> list[str]:
     errors.append(f"train.stop_when={t.stop_when!r} needs evaluations during the run, but train.eval_every=0 "
                   f"evaluates only at the end: set train.eval_every to the steps between checks (e.g. 100)")
   return errors
+
+
+def _tokenizer_dir_errors(d: ConfigDict) -> list[str]:
+  """data.tokenizer_dir: the gpt2 tokenizer's folder with both its files, and no folder for the other kinds."""
+  folder = d.get("tokenizer_dir", "")  # absent in the configs of runs older than the key
+  if d.tokenizer != "gpt2":
+    return [f"data.tokenizer_dir={folder!r}: only data.tokenizer='gpt2' reads a folder; set ''"] if folder else []
+  if not folder:
+    return ["data.tokenizer_dir is empty: the gpt2 tokenizer is read from a folder, e.g. the tokenizer/ of a "
+            "workdir written by experiments.import_hf"]
+  missing = [name for name in (byte_pair.VOCAB_FILE, byte_pair.MERGES_FILE)
+             if not os.path.isfile(os.path.join(os.path.expanduser(folder), name))]
+  if missing:
+    return [f"data.tokenizer_dir={folder!r} has no {missing[0]}: give a folder with GPT-2's vocab.json and "
+            f"merges.txt, e.g. the tokenizer/ of a workdir written by experiments.import_hf"]
+  return []
 
 
 def model_config(config: ConfigDict) -> ModelConfig:

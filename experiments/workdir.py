@@ -101,10 +101,12 @@ def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
     return f"{path} holds no config object: restore it from a copy, or use a new --workdir"
   for section in ("model", "data"):
     old, new = saved.get(section, {}), config[section].to_dict()
-    # Where the data live is not what they are: a moved data_dir or manual_dir resumes.
+    # Where the data live is not what they are: a moved data_dir or manual_dir resumes. A key newer than the
+    # saved run, left empty, changes nothing the run did.
     changed = sorted(k for k in set(old) | set(new)
                      if old.get(k) != new.get(k) and k not in ("data_dir", "manual_dir")
-                     and not (new.get(k) == 0 and k in FROM_THE_DATA.get(section, ())))
+                     and not (new.get(k) == 0 and k in FROM_THE_DATA.get(section, ()))
+                     and not (k not in old and new.get(k) in ("", None)))
     if changed:
       key = changed[0]
       return (f"{section}.{key}={new.get(key)!r} differs from {old.get(key)!r} saved in {path}: "

@@ -75,6 +75,8 @@ FLAG_CASES = [
     pytest.param("experiments.evaluate", ["--workdir={W}"], ["config.json", "does not exist"], id="evaluate-not-a-run",
                  marks=SLOW),
     pytest.param("experiments.sample", [], ["--workdir is required"], id="sample-no-workdir", marks=SLOW),
+    pytest.param("experiments.import_hf", ["--checkpoint={F}", "--workdir={W}"], ["--checkpoint={F}", "is a file"],
+                 id="import_hf-checkpoint-is-a-file", marks=SLOW),
     pytest.param("experiments.inspect", ["heads"], ["--workdir is required"], id="inspect-no-workdir", marks=SLOW),
     pytest.param("experiments.params", ["--config=configs/base.py", "--config.modl.vocab_size=3"],
                  ["--config.modl.vocab_size", "did you mean --config.model"], id="params-unknown-key", marks=SLOW),
@@ -244,6 +246,18 @@ def test_an_unchanged_resume_passes_the_check_whatever_the_data_resolve(tmp_path
   monkeypatch.setattr(build, "load_data", prepared)
   with pytest.raises(_DataPrepared):
     runner.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_run_older_than_a_config_key_resumes_while_the_key_stays_empty(tmp_path):
+  config = tiny_config(str(tmp_path / "data"), {"train.steps": 20})
+  _saved_run(str(tmp_path / "run"), config)
+  with open(tmp_path / "run" / CONFIG_FILE) as f:
+    saved = json.load(f)
+  del saved["data"]["tokenizer_dir"]  # as a run saved it before data.tokenizer_dir existed
+  write_json(str(tmp_path / "run" / CONFIG_FILE), saved)
+  assert resume_conflict(str(tmp_path / "run"), config) is None
+  config.data.tokenizer_dir = "gpt2_tokenizer"
+  assert "data.tokenizer_dir='gpt2_tokenizer' differs from None" in resume_conflict(str(tmp_path / "run"), config)
 
 
 def test_a_broken_saved_config_refuses_the_resume_in_one_line(tfds_data_dir, tmp_path):

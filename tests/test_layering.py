@@ -109,6 +109,14 @@ def test_data_imports_neither_inspection_nor_sweeps():
   assert not offences, "experiments/data/ imports inspection or sweeps:\n" + "\n".join(offences)
 
 
+def test_the_project_runs_without_torch_and_transformers():
+  """Hugging Face checkpoints are read without them (experiments/hugging_face.py): only tests and benchmarks (a
+  PyTorch baseline) use them."""
+  project = _under("transformer") + _under("experiments") + _under("configs")
+  offences = _offences(project, ("torch", "transformers"))
+  assert not offences, "transformer/, experiments/ or configs/ import torch or transformers:\n" + "\n".join(offences)
+
+
 # Imports one module and prints, for each heavy library it loaded, the modules being imported when the library
 # was first asked for: the chain from the module down to the file that imports the library.
 PROBE = """

@@ -150,6 +150,8 @@ def test_sample_command_streams_the_same_text_for_the_same_seed(char_run):
     ("data.validation_fraction", 1.5, "data.validation_fraction=1.5 must be in (0, 1)"),
     ("data.dataset", "not_a_dataset", "data.dataset='not_a_dataset': not in the TFDS catalog"),
     ("data.eval_split", "validation+dev", "data.eval_split='validation+dev': text_files has no split 'dev'"),
+    ("data.tokenizer", "gpt2", "data.tokenizer_dir is empty: the gpt2 tokenizer is read from a folder"),
+    ("data.tokenizer_dir", "/a/folder", "data.tokenizer_dir='/a/folder': only data.tokenizer='gpt2' reads a folder"),
 ], ids=lambda x: str(x)[:20])
 def test_bad_text_settings_are_one_line_errors_and_write_nothing(tfds_data_dir, corpus, tmp_path, key, value, named):
   config = text_config(tfds_data_dir, corpus)

@@ -28,7 +28,7 @@ def task_sizes(data: ConfigDict) -> dict[str, int]:
 
 
 def known_vocab_size(data: ConfigDict) -> int | None:
-  """The vocabulary the data will have, when the config alone says it (None: the char tokenizer's)."""
+  """The vocabulary the data will have, when the config alone says it (None: the char and gpt2 tokenizers')."""
   if data.task != TEXT or data.tokenizer == "sentencepiece":
     return data.vocab_size
   return 256 if data.tokenizer == "byte" else None
@@ -56,7 +56,8 @@ def load(data: ConfigDict, data_dir: str) -> Data:
                      f"{', '.join(sorted(builder.info.features))}")
   tokenized = text.tokenize(builder, data_dir, [data.train_split, data.eval_split], tokenizer=data.tokenizer,
                             vocab_size=data.vocab_size, sentencepiece_type=data.sentencepiece_type,
-                            train_split=data.train_split, feature=data.text_feature)
+                            train_split=data.train_split, feature=data.text_feature,
+                            tokenizer_dir=data.get("tokenizer_dir", ""))  # absent in older runs' configs
   return Data(train=text.RandomWindows(tokenized.streams[data.train_split], data.seq_len),
               validation=text.SequentialWindows(tokenized.streams[data.eval_split], data.seq_len, tokenized.tokenizer),
               vocab_size=tokenized.tokenizer.vocab_size, tokenizer=tokenized.tokenizer)

@@ -15,9 +15,11 @@ A split is the concatenation of its examples' text in stored order (catalog exam
 newline where one is missing). "+" joins splits: tiny_shakespeare's `validation+test` is exactly
 nanoGPT's validation text (the last 10% of input.txt; `train` is its first 90%).
 
-The tokenizer is trained on the training split; it and each tokenized split are cached under
-`<data_dir>/lm_tokens/<dataset>/<config>/<version>/<tokenizer>.<feature>.fit_on-<split>/`, written atomically, so runs
-on the same data share them and an interrupted preparation never leaves a partial file behind.
+The tokenizer is trained on the training split (gpt2's is read from data.tokenizer_dir); it and each
+tokenized split are cached under
+`<data_dir>/lm_tokens/<dataset>/<config>/<version>/<tokenizer>.<feature>.fit_on-<split>/` (gpt2's under
+`gpt2-<digest of its files>.<feature>/`), written atomically, so runs on the same data share them and an
+interrupted preparation never leaves a partial file behind.
 
 Sources (random access, as `pipeline` reads them):
   RandomWindows      training: a window of T + 1 tokens at every offset of the stream; the
@@ -223,15 +225,30 @@ class TokenizedText:
 
 def tokenize(builder: tfds.core.DatasetBuilder, data_dir: str, splits: Sequence[str], *, tokenizer: str,
              vocab_size: int = 0, sentencepiece_type: str = "bpe", train_split: str = "train",
-             feature: str = "text") -> TokenizedText:
-  """Trains (or reads from the cache) the tokenizer on `train_split` and the token streams of `splits`."""
-  # The tokenizer depends on the text it was fit on, so the split and the feature are part of the key.
-  key = f"{tokenizer_key(tokenizer, vocab_size, sentencepiece_type)}.{feature}.fit_on-{train_split}"
+             feature: str = "text", tokenizer_dir: str = "") -> TokenizedText:
+  """Trains (or reads from the cache) the tokenizer on `train_split` and the token streams of `splits`.
+
+  The gpt2 tokenizer is read from `tokenizer_dir` instead, and its streams are cached under a digest of its
+  vocabulary and merges.
+
+  Raises:
+    ValueError: the gpt2 tokenizer's files are missing or broken (one line naming tokenizer_dir and the file).
+  """
+  given = None
+  if tokenizer == "gpt2":
+    try:
+      given = tokenizers.GPT2Tokenizer.from_directory(os.path.expanduser(tokenizer_dir))
+    except (OSError, ValueError) as error:
+      raise ValueError(f"tokenizer_dir={tokenizer_dir!r}: {error}") from None
+    key = f"gpt2-{given.encoding.fingerprint()[:16]}.{feature}"
+  else:
+    # The tokenizer depends on the text it was fit on, so the split and the feature are part of the key.
+    key = f"{tokenizer_key(tokenizer, vocab_size, sentencepiece_type)}.{feature}.fit_on-{train_split}"
   directory = _cache_dir(builder, data_dir, key)
   tokenizer_dir = os.path.join(directory, tokenizers.TOKENIZER_DIR)
   if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
-    trained = tokenizers.train(tokenizer, split_texts(builder, train_split, feature), vocab_size=vocab_size,
-                               sentencepiece_type=sentencepiece_type)
+    trained = given or tokenizers.train(tokenizer, split_texts(builder, train_split, feature), vocab_size=vocab_size,
+                                        sentencepiece_type=sentencepiece_type)
     tokenizers.save_atomically(trained, tokenizer_dir)
   loaded = tokenizers.load(tokenizer_dir)
   dtype = np.uint16 if loaded.vocab_size <= 1 << 16 else np.int32

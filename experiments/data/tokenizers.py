@@ -12,6 +12,9 @@ per token into bits per character and per byte, comparable across tokenizers.
   byte           one token per byte of the UTF-8 encoding: 256 tokens, any text round-trips.
   sentencepiece  BPE or unigram pieces trained on the training text, with byte fallback and no
                  normalization, so any text round-trips; newline is a piece of its own.
+  gpt2           GPT-2's byte-level BPE (byte_pair.py), not trained but read from a saved folder
+                 (`data.tokenizer_dir`: an imported Hugging Face checkpoint's, see experiments/hugging_face.py);
+                 any text round-trips.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from experiments.data import byte_pair
 from experiments.files import CONFIG_FILE
 
 TOKENIZER_DIR = "tokenizer"  # under a workdir
 _SPEC_FILE = "tokenizer.json"
 _SENTENCEPIECE_FILE = "sentencepiece.model"
-KINDS = ("char", "byte", "sentencepiece")
+KINDS = ("char", "byte", "sentencepiece", "gpt2")
 SENTENCEPIECE_TYPES = ("bpe", "unigram")
 
 
@@ -220,6 +224,57 @@ class SentencePieceTokenizer:
       f.write(self.model_proto)
 
 
+class GPT2Tokenizer:
+  """GPT-2's byte-level BPE: a Hugging Face GPT-2 checkpoint's vocabulary, merges and special tokens."""
+
+  def __init__(self, encoding: byte_pair.BytePairEncoding):
+    self.encoding = encoding
+    self.vocab_size = encoding.vocab_size
+
+  @classmethod
+  def from_directory(cls, directory: str) -> "GPT2Tokenizer":
+    """Reads a folder written by `save`, or Hugging Face's vocab.json and merges.txt.
+
+    Raises:
+      FileNotFoundError: a file is missing (naming it).
+      ValueError: the files do not make a byte-level BPE (naming the file).
+    """
+    special = None
+    spec_path = os.path.join(directory, _SPEC_FILE)
+    if os.path.exists(spec_path):
+      with open(spec_path, encoding="utf-8") as f:
+        special = json.load(f).get("special_tokens")
+    return cls(byte_pair.read_vocab_and_merges(directory, special))
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self.encoding.encode(text), np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    # An id the vocabulary lacks (a model may embed more tokens than its tokenizer has) shows as U+FFFD.
+    pieces = (self.encoding.piece_bytes(i) if 0 <= i < self.vocab_size else "\ufffd".encode() for i in map(int, ids))
+    return b"".join(pieces).decode("utf-8", errors="replace")
+
+  def token_strings(self, ids: Iterable[int]) -> list[str]:
+    labels = []
+    for i in map(int, ids):
+      raw = self.encoding.piece_bytes(i) if 0 <= i < self.vocab_size else b""
+      try:
+        labels.append(_visible(raw.decode("utf-8")))
+      except UnicodeDecodeError:  # part of a character: its bytes
+        labels.append("".join(f"\\x{b:02x}" for b in raw))
+    return labels
+
+  def token_bytes(self, token_id: int) -> bytes:
+    token_id = int(token_id)
+    if self.encoding.is_special(token_id) or not 0 <= token_id < self.vocab_size:
+      return b""
+    return self.encoding.piece_bytes(token_id)
+
+  def save(self, directory: str) -> None:
+    _write_spec(directory, {"kind": "gpt2", "special_tokens": list(self.encoding.special_tokens)})
+    self.encoding.save(directory)
+
+
 class TokenIds:
   """The 'tokenizer' of built-in tasks: text is whitespace-separated integer token ids."""
 
@@ -277,6 +332,8 @@ def train(kind: str, texts: Sequence[str] | Iterable[str], *, vocab_size: int = 
     return ByteTokenizer()
   if kind == "sentencepiece":
     return SentencePieceTokenizer.train(texts, vocab_size, sentencepiece_type, seed)
+  if kind == "gpt2":
+    raise ValueError("tokenizer='gpt2' is not trained: it is read from a folder (GPT2Tokenizer.from_directory)")
   raise ValueError(f"tokenizer={kind!r}: expected one of {KINDS}")
 
 
@@ -293,6 +350,8 @@ def load(directory: str) -> Tokenizer:
   if kind == "sentencepiece":
     with open(os.path.join(directory, spec["model_file"]), "rb") as f:
       return SentencePieceTokenizer(f.read())
+  if kind == "gpt2":
+    return GPT2Tokenizer.from_directory(directory)
   if kind == "ids":
     return TokenIds(spec["vocab_size"])
   raise ValueError(f"{path}: unknown tokenizer kind {kind!r}")
