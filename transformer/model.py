@@ -153,7 +153,8 @@ class TransformerLM(nn.Module):
     # Sinusoidal positions as the 2017 paper adds them: to embeddings multiplied by sqrt(D), initialized with std
     # 1/sqrt(D) (tensor2tensor's), so token entries of std 1 meet the table's RMS of 1/sqrt(2). The GPT-2 init
     # (std 0.02) times sqrt(D) would leave positions several times larger than tokens (sqrt(D/2) against 0.02 D),
-    # and unscaled, ~35 times larger at D = 128: both stayed at chance on recall (see tests/test_positions.py).
+    # and unscaled, ~35 times larger at D = 128: on a small recall task both stayed at chance where learned
+    # positions and these left it (tests/test_positions.py).
     embed = nn.Embed(c.vocab_size, c.d_model,
                      embedding_init=dense_init(c.d_model ** -0.5 if sinusoidal else c.init_std, (VOCAB, EMBED)),
                      param_dtype=jnp.float32, dtype=c.dtype, name="embed")
