@@ -29,7 +29,7 @@ def get_config() -> config_dict.ConfigDict:
   m.score_scale = "rsqrt"  # "rsqrt" (1/sqrt(K)), "none", or a number such as "0.125"
   m.attention_impl = "reference"  # reference | chunked (linear memory) | auto (jax.nn.dot_product_attention)
   m.chunk_size = 128  # keys per block of the chunked implementation
-  m.positions = "learned"  # learned | sinusoidal | rope | none
+  m.positions = "learned"  # learned | sinusoidal (added to embeddings times sqrt(D)) | rope | none
   m.rope_base = 10_000.0  # RoPE wavelength base
   m.post_ln = False  # LayerNorm after the residual add (2017 paper) instead of before (GPT-2)
   m.tie_embeddings = True  # unembedding = embedding transposed
@@ -40,7 +40,7 @@ def get_config() -> config_dict.ConfigDict:
   m.scan_layers = False  # scan over blocks: compile time independent of depth
   m.remat_policy = "none"  # with scan_layers: none | full | dots | dots_no_batch
   m.layer_norm_epsilon = 1e-5  # LayerNorm epsilon
-  m.init_std = 0.02  # std of the normal init of weight matrices
+  m.init_std = 0.02  # std of the normal init of weight matrices (sinusoidal positions: the embedding's is 1/sqrt(D))
 
   # The data: a built-in attention task, or text for language modelling; prepared with TFDS on first use.
   c.data = d = config_dict.ConfigDict()

@@ -95,10 +95,11 @@ def run_heads(workdir: str, prompts: list[str] | None = None, out: str | None = 
 
   Entropy, distance and previous-token scores are measured on the prompts (each cut to the shortest), or on
   RANDOM_BATCH sequences of uniformly random tokens (max_len long, at most RANDOM_LENGTH); the induction score
-  always on repeated random token blocks (head_scores.repeated_tokens).
+  and its control always on head_scores.induction_probe's sequences; the copying score on the parameters.
 
   Returns:
-    {"scores": {name: scores_NH}, "table": text, "png": path, "step": step}.
+    {"scores": {name: scores_NH}, "induction_heads": flagged_NH (head_scores.induction_heads), "table": text,
+    "png": path, "step": step}.
   """
   model, params, step = checkpoint.load_model(workdir, step)
   c = model.config
@@ -111,11 +112,15 @@ def run_heads(workdir: str, prompts: list[str] | None = None, out: str | None = 
     # Weights are N x B x H x L x L floats: bounded length and batch keep big models' passes in memory.
     tokens_BL = head_scores.random_tokens(c.vocab_size, min(c.max_len, RANDOM_LENGTH), RANDOM_BATCH)
   scores = head_scores.head_scores(model, params, tokens_BL)
+  induction_heads_NH = head_scores.induction_heads(scores)
   png = _prepare_out(out or _default_out(workdir, "heads", step))
   name = os.path.basename(os.path.normpath(workdir))
-  plots.save(plots.score_maps(scores, f"Per-head scores of {name} at step {step} (induction: repeated random "
-                                      f"blocks of {head_scores.induction_period(model)} tokens)"), png)
-  return {"scores": scores, "table": tables.score_table(scores), "png": png, "step": step}
+  length, shortest, longest = head_scores.induction_layout(c.max_len)
+  title = (f"Per-head scores of {name} at step {step} (induction: random blocks of {shortest}-{longest} tokens "
+           f"repeated over {length}; control: fresh tokens)")
+  plots.save(plots.score_maps(scores, title, induction_heads_NH), png)
+  return {"scores": scores, "induction_heads": induction_heads_NH,
+          "table": tables.score_table(scores, induction_heads_NH), "png": png, "step": step}
 
 
 def run_context(workdir: str, token: str, prompts: list[str], out: str | None = None,

@@ -110,33 +110,22 @@ def untrained(config: ModelConfig):
 
 
 @pytest.mark.slow
-def test_induction_score_is_high_when_trained_and_low_when_untrained(trained):
+def test_trained_heads_copy_and_untrained_ones_attend_alike_to_repeats_and_controls(trained):
+  """The hand-built circuits of test_head_scores.py check each score; here, what a real run shows.
+
+  800 steps leave this run at about 0.46 accuracy with no head that the induction score separates from its
+  control (its best, layer 0 head 1: about 0.30 against 0.24; a fixed-period score gave it 0.4 and more).
+  """
   model, params, _ = checkpoint.load_model(trained)
   tokens_BL = head_scores.random_tokens(model.config.vocab_size, model.config.max_len, 8)
-  trained_scores = head_scores.head_scores(model, params, tokens_BL)["induction"]
-  fresh_scores = head_scores.head_scores(*untrained(model.config), tokens_BL)["induction"]
-  print("induction scores, trained:", trained_scores.round(3).tolist(), "untrained:", fresh_scores.round(3).tolist())
-  assert trained_scores.max() > 0.4
-  assert fresh_scores.max() < 0.15
-
-
-def test_scores_of_known_patterns():
-  """Hand-made patterns: each score reads the pattern it is named after."""
-  l = 8
-  previous_LM = np.eye(l, k=-1)
-  previous_LM[0, 0] = 1.0
-  uniform_LM = np.tril(np.ones((l, l))) / np.arange(1, l + 1)[:, None]
-  weights_NBHLM = np.stack([previous_LM, uniform_LM])[None, None]  # one layer, one sequence, two heads
-  np.testing.assert_allclose(head_scores.previous_token_score(weights_NBHLM),
-                             [[1.0, np.mean(1 / np.arange(2, l + 1))]], rtol=1e-6)
-  np.testing.assert_allclose(head_scores.entropy(weights_NBHLM), [[0.0, np.mean(np.log(np.arange(1, l + 1)))]],
-                             rtol=1e-6)
-  np.testing.assert_allclose(head_scores.mean_distance(weights_NBHLM)[0, 0], (l - 1) / l, rtol=1e-6)
-  period = 4
-  induction_LM = np.zeros((l, l))
-  induction_LM[np.arange(l), np.maximum(np.arange(l) - period + 1, 0)] = 1.0
-  np.testing.assert_allclose(head_scores.induction_score(induction_LM[None, None, None], period), [[1.0]])
-  np.testing.assert_allclose(head_scores.induction_score(previous_LM[None, None, None], period), [[0.0]])
+  trained_scores = head_scores.head_scores(model, params, tokens_BL)
+  fresh_scores = head_scores.head_scores(*untrained(model.config), tokens_BL)
+  for name, scores in (("trained", trained_scores), ("untrained", fresh_scores)):
+    print(name, {key: scores[key].round(3).tolist() for key in ("induction", "induction_control", "copying")})
+  assert trained_scores["copying"].max() > 0.9 > np.abs(fresh_scores["copying"]).max()  # trained to copy tokens
+  # Nearly uniform attention at initialization puts the same weight on the targets of repeats and controls.
+  np.testing.assert_allclose(fresh_scores["induction"], fresh_scores["induction_control"], atol=0.05)
+  assert not head_scores.induction_heads(fresh_scores).any()
 
 
 @pytest.mark.slow
@@ -192,8 +181,10 @@ def test_heads_command_prints_a_row_per_head_and_writes_the_heat_map(trained, tm
   result = _cli("experiments.inspect", "heads", f"--workdir={trained}", f"--out={out}")
   assert result.returncode == 0, result.stderr[-2000:]
   rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
-  assert [(int(r[0]), int(r[1])) for r in rows if len(r) == 6] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-  assert "induction" in result.stdout and out.exists()
+  columns = 2 + len(head_scores.SCORE_TITLES) + 1  # layer, head, the scores, induction head yes or no
+  assert [(int(r[0]), int(r[1])) for r in rows if len(r) == columns] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+  assert rows and {r[-1] for r in rows} <= {"yes", "no"}
+  assert "induction_control" in result.stdout and out.exists()
   result = _cli("experiments.params", f"--workdir={trained}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "total" in result.stdout and "attention" in result.stdout
@@ -229,19 +220,28 @@ def test_training_writes_pattern_images_and_head_scalars_at_each_evaluation(trai
   by_step = {m["step"]: m for m in read_metrics(trained) if "heads/induction/layer0_head0" in m}
   assert sorted(by_step) == [STEPS // 2, STEPS]
   names = {k for k in by_step[STEPS] if k.startswith("heads/")}
-  assert len(names) == 4 * 2 * 2  # 4 scores x 2 layers x 2 heads
+  assert len(names) == len(head_scores.SCORE_TITLES) * 2 * 2 + 1  # each score x 2 layers x 2 heads, the count
   model, params, _ = checkpoint.load_model(trained)
-  period = head_scores.induction_period(model)
-  repeats = head_scores.repeated_tokens(model.config.vocab_size, period, head_scores.INDUCTION_BATCH)
-  assert (repeats[:, period:] == repeats[:, :period]).all()
-  # Olsson et al.'s score by hand: the query at l >= period attends to key l - period + 1, the token that followed
-  # its earlier occurrence; mean over the sequences and those queries.
-  weights_NBHLM = reference_weights(model, params, repeats)
-  queries = np.arange(period, 2 * period)
-  expected_NH = weights_NBHLM[:, :, :, queries, queries - period + 1].mean(axis=(1, 3))
-  for layer, head in np.ndindex(*expected_NH.shape):
-    logged = by_step[STEPS][f"heads/induction/layer{layer}_head{head}"]
-    assert logged == pytest.approx(float(expected_NH[layer, head]), abs=1e-5), (layer, head)
+  probe = head_scores.induction_probe(model.config.vocab_size, model.config.max_len)
+  logged = by_step[STEPS]
+  # The detector's score by hand: the weight each query puts on the keys right after its token's earlier
+  # occurrences, over the queries that have one; the control scored on the same query-key pairs.
+  for name, tokens_BL in (("induction", probe.repeats_BL), ("induction_control", probe.controls_BL)):
+    weights_NBHLM = reference_weights(model, params, tokens_BL)
+    on_targets = {(n, h): [] for n, h in np.ndindex(2, 2)}
+    for b, l in np.ndindex(*probe.repeats_BL.shape):
+      keys = [m for m in range(1, l + 1) if probe.repeats_BL[b, m - 1] == probe.repeats_BL[b, l]]
+      for n, h in on_targets if keys else ():
+        on_targets[n, h].append(weights_NBHLM[n, b, h, l, keys].sum())
+    for (n, h), values in on_targets.items():
+      assert logged[f"heads/{name}/layer{n}_head{h}"] == pytest.approx(float(np.mean(values)), abs=1e-5), (name, n, h)
+  circuits_NHRR = head_scores.ov_circuits(model.config, params)
+  for (n, h), value in np.ndenumerate(head_scores.copying_score(circuits_NHRR)):
+    assert logged[f"heads/copying/layer{n}_head{h}"] == pytest.approx(float(value), abs=1e-5)
+  flagged = {(n, h) for n, h in np.ndindex(2, 2) if logged[f"heads/induction/layer{n}_head{h}"]
+             >= max(logged[f"heads/induction_control/layer{n}_head{h}"] + head_scores.INDUCTION_MARGIN,
+                    head_scores.INDUCTION_RATIO * logged[f"heads/induction_control/layer{n}_head{h}"])}
+  assert logged["heads/induction_heads"] == len(flagged)
 
 
 @pytest.mark.slow

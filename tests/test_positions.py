@@ -99,3 +99,30 @@ def test_rope_is_jittable_with_traced_positions():
   positions = jnp.array([[2, 5, 9]])
   np.testing.assert_allclose(jax.jit(apply_rope, static_argnums=2)(x, positions, 10_000.0),
                              apply_rope(x, positions, 10_000.0), rtol=1e-6, atol=1e-6)
+
+
+# Associative recall small enough to train in well under a minute: 2 pairs in 16 tokens (chance 0.5), a constant
+# learning rate (the step at which a run leaves the plateau does not depend on the run's length). Measured on a
+# 2-core Xeon, accuracy at steps 350 / 400 / 450 / 500: learned positions 0.64 / 0.81 / 0.79 / 0.85 (train.seed 0;
+# seed 1 stayed at chance for 800 steps), sinusoidal as the model adds them 0.73 / 0.86 / 0.98 / 1.0 (seed 1:
+# 0.56 / 0.59 / 0.77 / 0.92). Added at full size to embeddings of std 0.02, sinusoidal positions reached 0.16 at
+# step 400. With a cosine schedule over 2,000 steps, seed 0: the std-0.02 embeddings times sqrt(D) stayed at chance
+# throughout, the table scaled down to std 0.02 left it at step 1,100 (seed 1: never), the model's way at 350.
+RECALL = {"model.d_model": 64, "model.num_heads": 4, "data.seq_len": 16, "data.num_pairs": 2, "data.num_queries": 2,
+          "data.num_train": 20_000, "train.batch_size": 64, "optimizer.learning_rate": 1e-3,
+          "optimizer.schedule": "constant"}
+STEPS = 400  # what learned positions need with train.seed 0
+
+
+@pytest.mark.slow
+def test_sinusoidal_positions_learn_recall_within_the_steps_learned_positions_need(tfds_data_dir, tmp_path):
+  from experiments.files import read_metrics
+  from experiments.runner import train_and_evaluate
+  from tests.helpers.tiny_config import tiny_config
+
+  config = tiny_config(tfds_data_dir, {**RECALL, "model.positions": "sinusoidal", "train.steps": STEPS})
+  config.train.eval_every, config.train.log_every, config.eval.max_batches = STEPS // 4, STEPS // 4, 4
+  train_and_evaluate(config, str(tmp_path))
+  accuracy = {m["step"]: m["eval/accuracy"] for m in read_metrics(str(tmp_path)) if "eval/accuracy" in m}
+  print("eval accuracy by step:", accuracy)
+  assert accuracy[STEPS] > 0.75

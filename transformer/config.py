@@ -52,7 +52,7 @@ class ModelConfig:
   scan_layers: bool = False  # one nn.scan over the blocks: compile time flat in N
   remat_policy: str = "none"  # with scan_layers: what backward keeps (REMAT_POLICIES)
   layer_norm_epsilon: float = 1e-5
-  init_std: float = 0.02
+  init_std: float = 0.02  # normal init of weight matrices (the token embedding under sinusoidal: 1/sqrt(D))
 
   def __post_init__(self):
     _validate(self)

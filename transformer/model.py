@@ -149,16 +149,24 @@ class TransformerLM(nn.Module):
     c = self.config
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
-    embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=dense_init(c.init_std, (VOCAB, EMBED)),
+    sinusoidal = c.positions == "sinusoidal"
+    # Sinusoidal positions as the 2017 paper adds them: to embeddings multiplied by sqrt(D), initialized with std
+    # 1/sqrt(D) (tensor2tensor's), so token entries of std 1 meet the table's RMS of 1/sqrt(2). The GPT-2 init
+    # (std 0.02) times sqrt(D) would leave positions several times larger than tokens (sqrt(D/2) against 0.02 D),
+    # and unscaled, ~35 times larger at D = 128: on a small recall task both stayed at chance where learned
+    # positions and these left it (tests/test_positions.py).
+    embed = nn.Embed(c.vocab_size, c.d_model,
+                     embedding_init=dense_init(c.d_model ** -0.5 if sinusoidal else c.init_std, (VOCAB, EMBED)),
                      param_dtype=jnp.float32, dtype=c.dtype, name="embed")
     x_BLD = embed(tokens_BL)
     if c.positions == "learned":
       table = self.param("position_embedding", dense_init(c.init_std / 2, (None, EMBED)), (c.max_len, c.d_model),
                          jnp.float32)
       x_BLD = x_BLD + jnp.take(table, positions_BL, axis=0).astype(c.dtype)
-    elif c.positions == "sinusoidal":
-      x_BLD = x_BLD + jnp.take(jnp.asarray(sinusoidal_table(c.max_len, c.d_model)), positions_BL, axis=0).astype(
-          c.dtype)
+    elif sinusoidal:
+      # The tied unembedding reads the embedding unscaled, as in the paper.
+      x_BLD = x_BLD * c.d_model ** 0.5 + jnp.take(jnp.asarray(sinusoidal_table(c.max_len, c.d_model)), positions_BL,
+                                                   axis=0).astype(c.dtype)
     x_BLD = Dropout(c.dropout_rate)(x_BLD, deterministic)
 
     if c.scan_layers:

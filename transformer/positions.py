@@ -1,8 +1,9 @@
 """Position information: the sinusoidal table of the 2017 paper and rotary embeddings (RoPE).
 
-Learned positions are an ordinary embedding table and live in the model.
+Learned positions are an ordinary embedding table and live in the model, as does the scaling of the sinusoidal
+table's sum with the embeddings (the paper's: embeddings times sqrt(D)).
 
-Letter key as in attention.py: B batch, L length, D width, H heads, K head width, A frequencies (one per pair
+Letter key as in attention.py: B batch, L length, D width, H heads, K head width, U frequencies (one per pair
 of features: D / 2 in the table, K / 2 in RoPE).
 """
 

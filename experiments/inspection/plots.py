@@ -97,12 +97,13 @@ def attention_figure(weights_NHLM: np.ndarray, allowed_LM: np.ndarray, labels: l
                         heads, title, png_note)
 
 
-def score_maps(scores: dict[str, np.ndarray], title: str) -> Figure:
+def score_maps(scores: dict[str, np.ndarray], title: str, induction_heads_NH: np.ndarray | None = None) -> Figure:
   """A layer x head heat map per score, each cell annotated with its value.
 
   Args:
     scores: {score name: scores_NH}, names from head_scores.SCORE_TITLES.
     title: the figure's title.
+    induction_heads_NH: heads outlined in the `induction` map (head_scores.induction_heads), or None.
   """
   n, h = next(iter(scores.values())).shape
   fig, axes = plt.subplots(1, len(scores), figsize=(len(scores) * max(3.0, 0.6 * h + 1.5), max(2.5, 0.5 * n + 1.5)),
@@ -115,6 +116,11 @@ def score_maps(scores: dict[str, np.ndarray], title: str) -> Figure:
         ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=7,
                 color="white" if value < np.mean(scores_NH) else "black")
     ax.set_title(SCORE_TITLES.get(name, name), fontsize=10)
+    if name == "induction" and induction_heads_NH is not None:
+      for layer, head in zip(*np.nonzero(induction_heads_NH)):
+        ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="cyan", linewidth=2.5,
+                               label=f"induction head {layer} {head}"))
+      ax.set_title(f"{SCORE_TITLES[name]}\n(outlined: clearly above its control)", fontsize=10)
     ax.set_xticks(range(h))
     ax.set_yticks(range(n))
     ax.set_xlabel("head")

@@ -5,14 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def score_table(scores: dict[str, np.ndarray]) -> str:
-  """A text table with one row per layer and head and one column per score."""
+def score_table(scores: dict[str, np.ndarray], induction_heads_NH: np.ndarray) -> str:
+  """A text table with one row per layer and head, one column per score and a last one saying induction head or not.
+
+  Args:
+    scores: {score name: scores_NH}.
+    induction_heads_NH: head_scores.induction_heads of the scores.
+  """
   names = list(scores)
   n, h = scores[names[0]].shape
-  lines = ["layer  head  " + "  ".join(f"{name:>14}" for name in names)]
+  width = max(14, *(len(name) for name in names))
+  lines = ["layer  head  " + "  ".join(f"{name:>{width}}" for name in names) + "  induction_head"]
   for layer in range(n):
     for head in range(h):
-      lines.append(f"{layer:>5}  {head:>4}  " + "  ".join(f"{scores[name][layer, head]:>14.4f}" for name in names))
+      values = "  ".join(f"{scores[name][layer, head]:>{width}.4f}" for name in names)
+      lines.append(f"{layer:>5}  {head:>4}  {values}  {'yes' if induction_heads_NH[layer, head] else 'no':>14}")
   return "\n".join(lines)
 
 

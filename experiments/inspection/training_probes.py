@@ -17,6 +17,9 @@ from experiments.inspection import forward_pass, head_scores, parsing
 from transformer import TransformerLM
 
 
+INDUCTION_HEADS = "heads/induction_heads"  # the metric counting the heads flagged as induction heads
+
+
 def scalar_name(score: str, layer: int, head: int) -> str:
   """The metric name of one head's score, e.g. heads/induction/layer1_head0."""
   return f"heads/{score}/layer{layer}_head{head}"
@@ -51,25 +54,31 @@ class TrainingProbes:
       except ValueError as error:
         raise ValueError(f"inspect.probe_prompts[{i}]={prompt!r} cannot be used: {error}") from None
       self.prompts.append((ids, list(tokenizer.token_strings(ids)), note))
-    self.period = head_scores.induction_period(model)
-    self.repeats_BL = head_scores.repeated_tokens(c.vocab_size, self.period, head_scores.INDUCTION_BATCH)
-    # Replicated outputs: every process of a multi-host job can read the weights it plots.
+    self.induction = head_scores.induction_probe(c.vocab_size, c.max_len)
+    # Replicated outputs: every process of a multi-host job can read the weights it plots and the circuits.
     self._forward = jax.jit(lambda params, tokens_BL: forward_pass.forward(model, params, tokens_BL)["weights_NBHLM"],
                             out_shardings=out_sharding)  # the inner jit is inlined into this one
+    self._circuits = jax.jit(lambda params: head_scores.ov_circuits(c, params), out_shardings=out_sharding)
 
   @property
   def enabled(self) -> bool:
     return bool(self.prompts)
 
   def measure(self, params: Any) -> tuple[dict[str, float], list[np.ndarray]]:
-    """Per-head scores as named scalars, and each prompt's weights_NHLM (all processes run this)."""
+    """Per-head scores as named scalars, and each prompt's weights_NHLM (all processes run this).
+
+    Every score of every head (heads/<score>/layer<n>_head<h>), and heads/induction_heads: how many heads
+    head_scores.induction_heads counts as induction heads.
+    """
     prompt_weights = [np.asarray(jax.device_get(self._forward(params, ids[None])))[:, 0] for ids, _, _ in self.prompts]
-    # Entropy, distance and previous-token on the first prompt; induction on repeated random blocks.
+    # Entropy, distance and previous-token on the first prompt; induction on repeated random blocks and controls.
     first_NBHLM = prompt_weights[0][:, None]
-    repeat_NBHLM = np.asarray(jax.device_get(self._forward(params, self.repeats_BL)))
-    scores = head_scores.scores_of(first_NBHLM, repeat_NBHLM, self.period)
+    probe_NBHLM = np.asarray(jax.device_get(self._forward(params, self.induction.sequences_BL)))
+    circuits_NHRR = np.asarray(jax.device_get(self._circuits(params)))
+    scores = head_scores.scores_of(first_NBHLM, probe_NBHLM, self.induction, circuits_NHRR)
     scalars = {scalar_name(name, layer, head): float(value)
                for name, scores_NH in scores.items() for (layer, head), value in np.ndenumerate(np.asarray(scores_NH))}
+    scalars[INDUCTION_HEADS] = float(head_scores.induction_heads(scores).sum())
     return scalars, prompt_weights
 
   def write(self, step: int, params: Any, writer: Any) -> None:
