@@ -126,7 +126,7 @@ def get_config() -> config_dict.ConfigDict:
   # workdir/members/<i>/. Not type-checked (type_safe=False), so that member_values holds lists.
   c.population = p = config_dict.ConfigDict(type_safe=False)
   p.size = 1  # S members (1: a single run); member i has train.seed + i unless member_values lists it
-  # One value per member of train.seed, optimizer.learning_rate or optimizer.weight_decay, nested by section, e.g.
-  # {"optimizer": {"learning_rate": [1e-3, 3e-3]}}; any other path changes the step and needs separate trials.
+  # One value per member of train.seed, optimizer.learning_rate, weight_decay or warmup_steps, nested by section,
+  # e.g. {"optimizer": {"learning_rate": [1e-3, 3e-3]}}; any other path changes the step and needs separate trials.
   p.member_values = config_dict.ConfigDict(type_safe=False)
   return c

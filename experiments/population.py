@@ -19,7 +19,8 @@ from ml_collections import ConfigDict
 
 # Paths a member may set, with the type of its values: each enters the step as a traced number (the seed only
 # picks the member's initialisation, dropout and data order).
-VECTORISABLE = {"train.seed": int, "optimizer.learning_rate": float, "optimizer.weight_decay": float}
+VECTORISABLE = {"train.seed": int, "optimizer.learning_rate": float, "optimizer.weight_decay": float,
+                "optimizer.warmup_steps": int}
 MEMBERS_DIR = "members"  # W/members/<i>/: a member's directory, unless the caller gives its own
 MEMBER_FILE = "member.json"  # in a member's directory: the population's workdir and the member's index
 POPULATION_FILE = "population.json"  # in the population's workdir: where each member's directory is
@@ -90,7 +91,8 @@ def member_config(config: ConfigDict, member: int) -> ConfigDict:
 
 
 def traced_values(config: ConfigDict) -> dict[str, list[float]]:
-  """The listed optimizer values, by key (learning_rate...): what the step takes as traced numbers, per member."""
+  """The listed optimizer values, by key (learning_rate...): what the step takes as traced numbers, per member
+  (float32: a warmup's length in steps is exact in float32 far beyond any run's length)."""
   return {path.split(".")[1]: [float(v) for v in values] for path, values in listed_values(config).items()
           if path.startswith("optimizer.")}
 

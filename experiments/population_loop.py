@@ -30,7 +30,7 @@ from experiments import build, checkpoint, host, population, sharding, targets
 from experiments.data import datasets, pipeline, tokenizers
 from experiments.files import CONFIG_FILE, SUMMARY_FILE, read_json, read_metrics, write_json
 from experiments.metrics import MetricWriter, Throughput, device_peak_flops
-from experiments.optimizer import learning_rate_schedule, make_optimizer
+from experiments.optimizer import learning_rate_schedule, make_optimizer, traced_learning_rate_schedule
 from experiments.steps import TrainState, eval_step, summarize_eval, train_step
 from experiments.validation import ConfigError
 from experiments.workdir import resume_changes
@@ -53,7 +53,8 @@ def member_steps(state: TrainState, active: jax.Array, batches: dict[str, jax.Ar
     state: the member's train state.
     active: whether it still trains (a bool scalar).
     batches: its batches, one per step.
-    values: its traced optimizer values by key (learning_rate, weight_decay); the others are the config's.
+    values: its traced optimizer values by key (learning_rate, weight_decay, warmup_steps); the others are the
+      config's.
     optimizer: the config's `optimizer` section.
     total_steps: train.steps.
     abstract_params: the parameters' shapes (for the weight-decay mask).
@@ -61,8 +62,9 @@ def member_steps(state: TrainState, active: jax.Array, batches: dict[str, jax.Ar
   """
   # The config's numbers, with the member's traced ones in their place: optax takes either.
   settings = types.SimpleNamespace(**{**optimizer.to_dict(), **values})
-  schedule = learning_rate_schedule(settings, total_steps)
-  tx = make_optimizer(settings, total_steps, abstract_params)
+  schedule = (traced_learning_rate_schedule if "warmup_steps" in values else learning_rate_schedule)(
+      settings, total_steps)
+  tx = make_optimizer(settings, total_steps, abstract_params, schedule)
 
   def body(carry, batch):
     old, trains = carry

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 
 import jax
 import numpy as np
@@ -23,12 +24,17 @@ import pytest
 from experiments import checkpoint, population, validation
 from experiments.evaluate import evaluate
 from experiments.files import CONFIG_FILE, SUMMARY_FILE, read_metrics
+from experiments.optimizer import learning_rate_schedule, traced_learning_rate_schedule
 from experiments.runner import train_and_evaluate
 from tests.helpers.tiny_config import tiny_config
 
 STEPS = 6
 LEARNING_RATES = [3e-3, 1e-3, 2e-3, 4e-3]
-COMMON = {"train.steps": STEPS, "train.eval_every": 3, "eval.max_batches": 1, "train.steps_per_call": 2}
+WARMUPS = [2, 0, 3, 1]
+# The schedule ends at STEPS (decay_steps) whatever train.steps is, so a population stopped halfway and resumed
+# matches one that ran straight.
+COMMON = {"train.steps": STEPS, "train.eval_every": 3, "eval.max_batches": 1, "train.steps_per_call": 2,
+          "optimizer.decay_steps": STEPS}
 
 
 def population_config(data_dir: str, size: int, member_values: dict | None = None, overrides: dict | None = None):
@@ -94,6 +100,33 @@ def test_a_single_run_config_is_a_population_of_one():
   assert population.size_of(config) == 1
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("warmup_steps", [0, 1, 7])
+def test_the_traced_schedule_is_optaxs_with_the_warmup_a_traced_number(schedule, warmup_steps):
+  opt = tiny_config("/nonexistent/data").optimizer
+  opt.schedule, opt.warmup_steps, opt.decay_steps, opt.learning_rate = schedule, warmup_steps, 20, 3e-3
+  steps = np.arange(26)
+  expected = jax.vmap(learning_rate_schedule(opt, 20))(steps)
+
+  def traced(learning_rate, warmup):
+    settings = types.SimpleNamespace(**{**opt.to_dict(), "learning_rate": learning_rate, "warmup_steps": warmup})
+    return jax.vmap(traced_learning_rate_schedule(settings, 20))(steps)
+
+  got = jax.jit(traced)(np.float32(3e-3), np.float32(warmup_steps))
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-12)
+
+
+def test_restore_from_takes_a_population_members_directory(tmp_path):
+  member_dir = tmp_path / "members" / "1"
+  member_dir.mkdir(parents=True)
+  (member_dir / population.MEMBER_FILE).write_text(json.dumps({"population": str(tmp_path), "member": 1}))
+  assert population.population_of(str(member_dir)) == (str(tmp_path), 1)
+  assert validation.validate(tiny_config("/nonexistent/data", {"checkpoint.restore_from": str(member_dir)}),
+                             device_count=1, process_count=1) == []
+  line = one_line(tiny_config("/nonexistent/data", {"checkpoint.restore_from": str(tmp_path)}))
+  assert line.startswith("checkpoint.restore_from=") and "has no checkpoints/ folder" in line
+
+
 def losses(workdir: str) -> np.ndarray:
   return np.array([row["train/loss"] for row in read_metrics(workdir) if "train/loss" in row])
 
@@ -106,13 +139,15 @@ def stacked_state(workdir: str, step: int) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def four(tmp_path_factory, tfds_data_dir) -> dict:
-  """A population of 4 learning rates (seeds 0-3) and the four single runs it stands for."""
+  """A population of 4 learning rates and warmups (seeds 0-3) and the four single runs it stands for."""
   root = str(tmp_path_factory.mktemp("population"))
-  config = population_config(tfds_data_dir, 4, {"optimizer": {"learning_rate": LEARNING_RATES}})
+  config = population_config(tfds_data_dir, 4, {"optimizer": {"learning_rate": LEARNING_RATES,
+                                                              "warmup_steps": WARMUPS}})
   summary = train_and_evaluate(config, os.path.join(root, "population"))
   singles = []
-  for seed, learning_rate in enumerate(LEARNING_RATES):
-    single = tiny_config(tfds_data_dir, {**COMMON, "train.seed": seed, "optimizer.learning_rate": learning_rate})
+  for seed, (learning_rate, warmup) in enumerate(zip(LEARNING_RATES, WARMUPS)):
+    single = tiny_config(tfds_data_dir, {**COMMON, "train.seed": seed, "optimizer.learning_rate": learning_rate,
+                                         "optimizer.warmup_steps": warmup})
     singles.append(os.path.join(root, f"single_{seed}"))
     train_and_evaluate(single, singles[-1])
   return {"root": root, "population": os.path.join(root, "population"), "summary": summary, "singles": singles}
@@ -167,14 +202,12 @@ def test_a_member_reads_as_its_single_run_in_evaluate_and_load_model(four):
 @pytest.mark.slow
 def test_a_resumed_population_is_bitwise_the_one_that_ran_straight(four, tfds_data_dir):
   # Halfway, then on: the schedule ends at STEPS in both (decay_steps), as for single runs in test_checkpoints.
-  values = {"optimizer": {"learning_rate": LEARNING_RATES}}
+  values = {"optimizer": {"learning_rate": LEARNING_RATES, "warmup_steps": WARMUPS}}
   workdir = os.path.join(four["root"], "resumed")
-  train_and_evaluate(population_config(tfds_data_dir, 4, values, {"train.steps": 3, "optimizer.decay_steps": STEPS}),
-                     workdir)
+  train_and_evaluate(population_config(tfds_data_dir, 4, values, {"train.steps": 3}), workdir)
   assert stacked_state(workdir, 3)["['step']"].tolist() == [3] * 4
-  train_and_evaluate(population_config(tfds_data_dir, 4, values, {"optimizer.decay_steps": STEPS}), workdir)
-  straight = os.path.join(four["root"], "straight")
-  train_and_evaluate(population_config(tfds_data_dir, 4, values, {"optimizer.decay_steps": STEPS}), straight)
+  train_and_evaluate(population_config(tfds_data_dir, 4, values), workdir)
+  straight = four["population"]
   a, b = stacked_state(workdir, STEPS), stacked_state(straight, STEPS)
   assert a.keys() == b.keys()
   for name in a:
@@ -183,14 +216,17 @@ def test_a_resumed_population_is_bitwise_the_one_that_ran_straight(four, tfds_da
     np.testing.assert_array_equal(losses(population.member_workdir(workdir, i)),
                                   losses(population.member_workdir(straight, i)))
     data = os.path.join(checkpoint.CHECKPOINTS, str(STEPS), f"data_{i}")
-    assert sorted(os.listdir(os.path.join(workdir, data))) == sorted(os.listdir(os.path.join(straight, data)))
+    [name] = [n for n in os.listdir(os.path.join(straight, data)) if n.endswith(".json")]
+    with open(os.path.join(workdir, data, name)) as f, open(os.path.join(straight, data, name)) as g:
+      assert f.read() == g.read(), "each member's data position"
 
 
 @pytest.mark.slow
 def test_a_diverging_member_stops_alone_and_a_member_at_its_target_stops(four, tfds_data_dir):
   # Member 1's learning rate overflows the parameters; member 2 meets an easy target at its first evaluation.
   workdir = os.path.join(four["root"], "diverging")
-  config = population_config(tfds_data_dir, 3, {"optimizer": {"learning_rate": [3e-3, 1e30, 2e-3]}},
+  config = population_config(tfds_data_dir, 3, {"optimizer": {"learning_rate": [3e-3, 1e30, 2e-3],
+                                                              "warmup_steps": [2, 2, 3]}},
                              {"train.stop_when": "eval/loss<=1e9"})
   summary = train_and_evaluate(config, workdir)
   statuses = [m["status"] for m in summary["members"]]
@@ -212,3 +248,27 @@ def test_a_diverging_member_stops_alone_and_a_member_at_its_target_stops(four, t
   # A rerun finds the population ended and does nothing.
   assert train_and_evaluate(config, workdir) == summary
 
+
+
+@pytest.mark.slow
+def test_eight_members_over_eight_fake_devices_train_as_on_one_device(tmp_path, tfds_data_dir):
+  # Subprocesses: fake CPU devices (XLA_FLAGS) must be set before JAX starts (see tests/test_multidevice.py).
+  from helpers import launch  # tests/ is on sys.path under pytest's default (prepend) import mode
+
+  overrides = {"train.steps": 3, "population.size": 8, "population.member_values": {"optimizer": {
+      "learning_rate": [1e-3 * (i + 1) for i in range(8)]}}}
+  base_rules = tiny_config(tfds_data_dir).mesh.rules
+  one = {"workdir": str(tmp_path / "one"), "data_dir": tfds_data_dir, "overrides": overrides}
+  eight = {"workdir": str(tmp_path / "eight"), "data_dir": tfds_data_dir,
+           "overrides": {**overrides, "mesh.data": 8, "mesh.rules": base_rules + ",population=data"}}
+  (on_one,), (on_eight,) = launch.finish([launch.start([one], str(tmp_path / "one.log"), devices=1),
+                                          launch.start([eight], str(tmp_path / "eight.log"), devices=8)])
+  assert on_eight["devices"] == 8 and on_eight["status"] == "completed"
+  # One member per device: the member axis of the stacked parameters is split 8 ways, nothing else is.
+  assert on_eight["layouts"]["block_0/attention/query"]["shape"] == [8, 32, 8, 4]
+  assert on_eight["layouts"]["block_0/attention/query"]["shard_shape"] == [1, 32, 8, 4]
+  assert len(on_one["member_losses"]) == 8
+  for i, (losses_one, losses_eight) in enumerate(zip(on_one["member_losses"], on_eight["member_losses"])):
+    assert [step for step, _ in losses_eight] == [1, 2, 3]
+    np.testing.assert_allclose([loss for _, loss in losses_eight], [loss for _, loss in losses_one], rtol=1e-5,
+                               err_msg=f"member {i}")
