@@ -384,7 +384,7 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
   if not logs.active.any() and stop_reason == "completed" and step < t.steps:
     stop_reason = ALL_STOPPED  # resumed with every member already stopped
 
-  member_steps_ = np.asarray(jax.device_get(state.step))
+  trained_steps = np.asarray(jax.device_get(state.step))
   summaries = []
   for i, member_dir in enumerate(dirs):
     code = logs.stop_code[i]
@@ -392,7 +392,7 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
         int(code), "completed" if stop_reason in ("completed", ALL_STOPPED) else stop_reason)
     summary = {
         "status": status,
-        "step": int(member_steps_[i]),
+        "step": int(trained_steps[i]),
         "final": {**logs.last_train[i], **logs.evals[i].last},
         "best": logs.evals[i].best,
         "parameters": counts["total"],

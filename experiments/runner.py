@@ -2,7 +2,8 @@
 
 `train_and_evaluate(config, workdir)` is the one entry; experiments/train.py wraps it in flags. What a run
 builds once (its data, the model on the mesh, evaluation, training) is in experiments/build.py. The loop
-syncs with the host only at the steps that log, evaluate or checkpoint.
+syncs with the host only at the steps that log, evaluate or checkpoint. A config with population.size > 1 trains
+its members as one vmapped step in experiments/population_loop.py instead, after the same checks and lock.
 """
 
 from __future__ import annotations
