@@ -122,4 +122,12 @@ def get_config() -> config_dict.ConfigDict:
   i.probe_prompts = ""  # a prompt, or a tuple of them, in the run's tokenizer ("" or (): no probes)
   i.layers = ""  # comma list of the layers drawn in the grids ("" = all)
   i.heads = ""  # comma list of the heads drawn in the grids ("" = all)
+
+  # Several models trained as one compiled step (experiments/population.py); each member is a run of its own in
+  # workdir/members/<i>/. Not type-checked (type_safe=False), so that member_values holds lists.
+  c.population = p = config_dict.ConfigDict(type_safe=False)
+  p.size = 1  # S members (1: a single run); member i has train.seed + i unless member_values lists it
+  # One value per member of train.seed, optimizer.learning_rate, weight_decay or warmup_steps, nested by section,
+  # e.g. {"optimizer": {"learning_rate": [1e-3, 3e-3]}}; any other path changes the step and needs separate trials.
+  p.member_values = config_dict.ConfigDict(type_safe=False)
   return c

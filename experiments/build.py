@@ -86,6 +86,15 @@ class Evaluation:
     return summarize_eval({k: float(v) for k, v in jax.device_get(totals).items()})
 
 
+def initial_train_state(seed: int | jax.Array, *, model: TransformerLM, tx: Any,
+                        example_tokens_BL: jax.Array) -> TrainState:
+  """The train state at step 0 of the run with this seed: its initialisation and its base RNG."""
+  key = jax.random.key(seed)
+  params = nn.unbox(model.init(jax.random.fold_in(key, 0), example_tokens_BL)["params"])
+  return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+
 class Training:
   """What only training needs: the optimizer, the train state's layout, its compiled steps, the data order."""
 
@@ -101,12 +110,8 @@ class Training:
         step=replicated, params=sharded.param_shardings, rng=replicated,
         opt_state=sharding.optimizer_shardings(self.tx, abstract_opt_state, sharded.param_shardings, mesh))
 
-    def init_state(seed):
-      key = jax.random.key(seed)
-      params = nn.unbox(model.init(jax.random.fold_in(key, 0), sharded.example_tokens_BL)["params"])
-      return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=self.tx.init(params),
-                        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
-
+    init_state = functools.partial(initial_train_state, model=model, tx=self.tx,
+                                   example_tokens_BL=sharded.example_tokens_BL)
     self._init_state = jax.jit(init_state, static_argnums=0, out_shardings=self.state_shardings)
     self.abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
+from experiments import population, sharding
 from experiments.files import CONFIG_FILE
 from experiments.steps import TrainState
 from transformer import TransformerLM, model_config_from
@@ -138,6 +139,21 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainStat
   return TrainState(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], rng=tree["rng"])
 
 
+def save_population(manager: ocp.CheckpointManager, step: int, tree: dict[str, Any], data_iterators: list[Any]) -> None:
+  """Starts saving a population's stacked state (`tree`: the train state's leaves with a member axis first, and the
+  members' bookkeeping) and each member's data iterator, at `step`."""
+  iterators = {f"data_{i}": grain.checkpoint.CheckpointSave(it) for i, it in enumerate(data_iterators)}
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), **iterators), force=True)
+
+
+def restore_population(manager: ocp.CheckpointManager, step: int, abstract_tree: dict[str, Any],
+                       data_iterators: list[Any]) -> dict[str, Any]:
+  """Restores what save_population saved (laid out as abstract_tree says) and moves each iterator in place."""
+  iterators = {f"data_{i}": grain.checkpoint.CheckpointRestore(it) for i, it in enumerate(data_iterators)}
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree),
+                                                       **iterators))["state"]
+
+
 def set_aside(workdir: str, steps: list[int]) -> None:
   """Moves the checkpoints of `steps` (ones that did not restore) to workdir/unreadable_checkpoints/.
 
@@ -154,8 +170,11 @@ def set_aside(workdir: str, steps: list[int]) -> None:
 def restore_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
   """Reads only the parameters of a run's checkpoint, laid out as abstract_params says.
 
+  A population member's directory (experiments/population.py) reads its member's slice of the population's
+  checkpoint.
+
   Args:
-    workdir: the run's directory.
+    workdir: the run's directory, or a population member's.
     abstract_params: shapes, dtypes and shardings of the parameters.
     step: the checkpoint to read; None reads the newest that restores (a failure is one warning line).
 
@@ -167,6 +186,9 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
     CheckpointError: the checkpoint at `step`, or with None every checkpoint, does not read.
   """
   directory = os.path.join(workdir, CHECKPOINTS)
+  member = population.population_of(workdir)
+  if member is not None and not os.path.isdir(directory):
+    return _restore_member_params(*member, abstract_params, step)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoint in {directory}")
   manager = make_manager(workdir, read_only=True)
@@ -196,6 +218,32 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
   return params, step
 
 
+def _restore_member_params(population_workdir: str, member: int, abstract_params: Any,
+                           step: int | None) -> tuple[Any, int]:
+  """Member `member`'s parameters from the stacked checkpoint of a population, laid out as abstract_params says."""
+  size = population.size_of(read_config(population_workdir))
+  stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *a.shape), a.dtype,
+                                                        sharding=sharding.with_members(a.sharding, ())),
+                         abstract_params)
+  params, step = restore_params(population_workdir, stacked, step)
+  out = jax.tree.map(lambda a: a.sharding, abstract_params)
+  return jax.jit(lambda tree: jax.tree.map(lambda x: x[member], tree), out_shardings=out)(params), step
+
+
+def single_run_config(workdir: str) -> ConfigDict:
+  """The config of the single model in workdir: a run's, or a population member's directory.
+
+  Raises:
+    FileNotFoundError: workdir is no run, or it holds a whole population (one line naming --member).
+  """
+  config = read_config(workdir)
+  size = population.size_of(config)
+  if size > 1:
+    raise FileNotFoundError(f"{workdir} holds a population of {size} models: give --member=I (0 to {size - 1}), or "
+                            f"a member's directory")
+  return config
+
+
 def read_config(workdir: str) -> ConfigDict:
   """The config a run saved in its workdir."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -211,17 +259,17 @@ def load_model(workdir: str, step: int | None = None) -> tuple[TransformerLM, An
   For commands that look at a trained model (sampling, inspection): no optimizer state, data or mesh.
 
   Args:
-    workdir: the run's directory.
+    workdir: the run's directory, or a population member's.
     step: the checkpoint to read (default: the latest).
 
   Returns:
     (model, params, step): the model, its parameters and the step they were saved at.
 
   Raises:
-    FileNotFoundError: the workdir has no config.json or no checkpoint (at that step).
+    FileNotFoundError: the workdir has no config.json or no checkpoint (at that step), or holds a population.
     CheckpointError: the checkpoint at `step`, or with None every checkpoint, does not read.
   """
-  config = read_config(workdir)
+  config = single_run_config(workdir)
   # The saved config is resolved (vocab_size and max_len filled in), so it builds the model alone.
   model = TransformerLM(model_config_from(config.model))
   tokens_BL = jnp.zeros((1, model.config.max_len), jnp.int32)

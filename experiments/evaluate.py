@@ -1,9 +1,9 @@
 r"""Evaluates a training run's checkpoint on its validation split.
 
-  python -m experiments.evaluate --workdir=DIR [--step=N] [--max_batches=10]
+  python -m experiments.evaluate --workdir=DIR [--member=I] [--step=N] [--max_batches=10]
 
-The run's own config (DIR/config.json) defines the model and data; `--max_batches` overrides its
-eval.max_batches.
+DIR is a run's workdir, a population member's directory, or a population's workdir with --member. The run's own
+config (DIR/config.json) defines the model and data; `--max_batches` overrides its eval.max_batches.
 """
 
 from __future__ import annotations
@@ -13,22 +13,33 @@ import json
 import jax
 from absl import flags
 
-from experiments import build, checkpoint, cli, validation
+from experiments import build, checkpoint, cli, population, validation
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory (or a population member's).",
+                               required=True)
+_MEMBER = flags.DEFINE_integer("member", None, "In a population's workdir: the member to evaluate (0 to S-1).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 _MAX_BATCHES = flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches (default: the config's).")
 
 
-def evaluate(workdir: str, step: int | None = None, max_batches: int | None = None) -> dict[str, float]:
+def evaluate(workdir: str, step: int | None = None, max_batches: int | None = None,
+             member: int | None = None) -> dict[str, float]:
   """Returns the eval metrics of a run's checkpoint (`step`, or the newest that restores), with its step.
 
+  Args:
+    workdir: a run's workdir, or a population member's directory, or with `member` a population's workdir.
+    step: the checkpoint (default: the newest that restores).
+    max_batches: evaluate only this many batches (default: the config's eval.max_batches).
+    member: the member of the population in workdir.
+
   Raises:
-    FileNotFoundError: the workdir has no config.json or no checkpoint (at that step).
+    FileNotFoundError: the workdir has no config.json or no checkpoint (at that step), or holds a population
+      and no member was named.
     CheckpointError: the checkpoint at `step`, or with None every checkpoint, does not read.
     ConfigError: the data cannot be prepared as configured (one line naming the field).
   """
-  config = checkpoint.read_config(workdir)
+  workdir = population.member_workdir(workdir, member)
+  config = checkpoint.single_run_config(workdir)
   if max_batches is not None:
     config.eval.max_batches = max_batches
   sharded = build.ShardedModel(config)
@@ -40,7 +51,7 @@ def evaluate(workdir: str, step: int | None = None, max_batches: int | None = No
 def main(argv):
   del argv
   try:
-    metrics = evaluate(_WORKDIR.value, _STEP.value, _MAX_BATCHES.value)
+    metrics = evaluate(_WORKDIR.value, _STEP.value, _MAX_BATCHES.value, _MEMBER.value)
   # Not a run, no readable checkpoint, or data that cannot be prepared (offline, say): one line each.
   except (FileNotFoundError, checkpoint.CheckpointError, validation.ConfigError) as error:
     cli.fail(str(error))

@@ -4,8 +4,9 @@ r"""Looks inside a trained model: attention patterns, per-head scores, a token's
   python -m experiments.inspect heads --workdir=DIR [--prompt=...] [--out=heads.png]
   python -m experiments.inspect context --workdir=DIR --token=WORD --prompt=... --prompt=... [--out=context.png]
 
-Each command loads the latest checkpoint of DIR (or --step). `attention` writes a PNG grid of panels (one per
-chosen layer and head) and, beside it, a self-contained HTML page with the same name ending in .html.
+Each command loads the latest checkpoint of DIR (or --step); in a population's workdir, --member=I picks a
+member. `attention` writes a PNG grid of panels (one per chosen layer and head) and, beside it, a self-contained
+HTML page with the same name ending in .html.
 Prompts are text in the run's tokenizer (for the built-in tasks: token ids separated by spaces).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from experiments import checkpoint, cli
+from experiments import checkpoint, cli, population
 from experiments.data import tokenizers
 from experiments.inspection import context, forward_pass, head_scores, html_page, parsing, plots, tables
 
@@ -35,7 +36,8 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
   with the --workdir of another command imported into the same process.
   """
   return {
-      "workdir": flags.DEFINE_string("workdir", None, "A training run's directory."),
+      "workdir": flags.DEFINE_string("workdir", None, "A training run's directory (or a population member's)."),
+      "member": flags.DEFINE_integer("member", None, "In a population's workdir: the member to load (0 to S-1)."),
       "step": flags.DEFINE_integer("step", None, "The checkpoint to load (default: the latest)."),
       "prompt": flags.DEFINE_multi_string("prompt", [], "Text in the run's tokenizer; `context` takes two or more."),
       "layers": flags.DEFINE_string("layers", "", "attention: comma list of layers to draw (default: all)."),
@@ -168,6 +170,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--workdir is required")
   command, prompts = argv[1], f["prompt"]
   try:
+    f["workdir"] = population.member_workdir(f["workdir"], f["member"])
     if command == "attention":
       if len(prompts) != 1:
         raise ValueError(f"attention draws one --prompt; got {len(prompts)}")

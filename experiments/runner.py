@@ -2,7 +2,8 @@
 
 `train_and_evaluate(config, workdir)` is the one entry; experiments/train.py wraps it in flags. What a run
 builds once (its data, the model on the mesh, evaluation, training) is in experiments/build.py. The loop
-syncs with the host only at the steps that log, evaluate or checkpoint.
+syncs with the host only at the steps that log, evaluate or checkpoint. A config with population.size > 1 trains
+its members as one vmapped step in experiments/population_loop.py instead, after the same checks and lock.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import build, checkpoint, host, sharding, targets, validation
+from experiments import build, checkpoint, host, population, sharding, targets, validation
 from experiments.data import datasets, tokenizers
 from experiments.checkpoint import CheckpointError
 from experiments.files import CONFIG_FILE, SUMMARY_FILE, read_json, read_metrics, write_json
@@ -55,7 +56,8 @@ class EvalRecord:
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
-                       on_evaluation: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
+                       on_evaluation: Callable[[int, dict[str, float]], bool] | None = None,
+                       member_dirs: list[str] | None = None) -> dict[str, Any]:
   """Runs (or resumes) the training a config describes and returns the final summary (also in summary.json).
 
   The summary's `status` says why the run ended at its `step`, each way with a checkpoint of that step:
@@ -93,6 +95,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
   errors = validation.validate(config)
   if errors:
     raise ConfigError("\n".join(errors))
+  size = population.size_of(config)
+  if size > 1 and on_evaluation is not None:
+    raise ValueError("on_evaluation prunes a single run: a population's members are not pruned")
   # Before the data: a changed data section would otherwise prepare a whole new dataset only to be refused.
   conflict = resume_conflict(workdir, config)
   if conflict:
@@ -109,6 +114,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
     conflict = resume_conflict(workdir, config)
     if conflict:
       raise ConfigError(conflict)
+    if size > 1:
+      from experiments import population_loop  # pylint: disable=g-import-not-at-top  (it imports this module)
+
+      return population_loop.run(config, workdir, data, progress, start_time, member_dirs)
     finished = read_json(os.path.join(workdir, SUMMARY_FILE))
     if _is_done(finished, config.train):
       if finished["status"] == "completed":

@@ -3,8 +3,8 @@ r"""Generates text from a trained run, streaming it as it is produced.
   python -m experiments.sample --workdir=runs/shakespeare_char --prompt="ROMEO:" --max_new_tokens=300 \
       --temperature=0.8 --top_k=40 --seed=0 [--step=N] [--num_samples=1]
 
-Loads the run's latest checkpoint (or `--step`) and its tokenizer (runs on built-in tasks take
-prompts as token ids: --prompt="3 17 5"). The same seed gives the same text.
+Loads the run's latest checkpoint (or `--step`; in a population's workdir, `--member=I`'s) and its tokenizer
+(runs on built-in tasks take prompts as token ids: --prompt="3 17 5"). The same seed gives the same text.
 
 Each new token sees the last `max_len` tokens at most, as nanoGPT crops its context. While the text
 fits, tokens are decoded with the key/value cache (one token's work per step); once it is longer,
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import checkpoint, cli
+from experiments import checkpoint, cli, population
 from experiments.data import tokenizers
 from transformer import TransformerLM, decode_step, init_cache
 
@@ -127,7 +127,8 @@ def stream_text(tokenizer: tokenizers.Tokenizer, token_ids: Iterator[int], write
 
 def _define_flags() -> None:
   """The command's flags, defined only when it runs: importing this module (tests do) defines none."""
-  flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
+  flags.DEFINE_string("workdir", None, "A training run's directory (or a population member's).", required=True)
+  flags.DEFINE_integer("member", None, "In a population's workdir: the member to sample from (0 to S-1).")
   flags.DEFINE_string("prompt", "\n", "Text to continue (token ids for runs on built-in tasks).")
   flags.DEFINE_integer("max_new_tokens", 300, "Tokens to generate.")
   flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 picks the most likely token.")
@@ -145,14 +146,15 @@ def main(argv):
     raise app.UsageError("--max_new_tokens and --num_samples must be >= 1, --temperature and --top_k >= 0")
   logging.getLogger("absl").setLevel(logging.WARNING)
   try:
-    tokenizer = tokenizers.load_from_workdir(f.workdir)
-    model, params, step = checkpoint.load_model(f.workdir, f.step)
+    workdir = population.member_workdir(f.workdir, f.member)
+    tokenizer = tokenizers.load_from_workdir(workdir)
+    model, params, step = checkpoint.load_model(workdir, f.step)
     prompt_ids = tokenizer.encode(f.prompt)
     if len(prompt_ids) == 0:
       raise ValueError("prompt: encodes to no token; give some text")
   except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as error:
     cli.fail(str(error))
-  print(f"# {f.workdir} step {step}, seed {f.seed}", file=sys.stderr)
+  print(f"# {workdir} step {step}, seed {f.seed}", file=sys.stderr)
 
   def write(piece: str) -> None:
     sys.stdout.write(piece)

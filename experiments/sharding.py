@@ -111,3 +111,30 @@ def global_batches(local_batches: list[dict[str, np.ndarray]], mesh: Mesh) -> di
   sharding = stacked_batch_sharding(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, np.stack([b[name] for b in local_batches]))
           for name in local_batches[0]}
+
+
+POPULATION = "population"  # the logical name of a population's member axis (experiments/population.py)
+
+
+def member_axes(rules) -> tuple[str, ...]:
+  """The mesh axes the rules map the member axis to (none: every device holds every member)."""
+  target = dict(rules).get(POPULATION)
+  return () if target is None else (target,) if isinstance(target, str) else tuple(target)
+
+
+def with_members(sharding: jax.sharding.Sharding, axes: tuple[str, ...]) -> jax.sharding.Sharding:
+  """The sharding of an array stacked over a population's members: the member axis first, over `axes`."""
+  if not isinstance(sharding, NamedSharding):
+    return sharding  # one device: nothing to split
+  return NamedSharding(sharding.mesh, PartitionSpec(axes or None, *sharding.spec))
+
+
+def population_batch_sharding(mesh: Mesh, axes: tuple[str, ...]) -> NamedSharding:
+  """Members' stacked batches [members, steps, batch, ...]: members over `axes`, each batch over the data-parallel
+  axes the members do not use."""
+  return NamedSharding(mesh, PartitionSpec(axes or None, None, tuple(a for a in BATCH_AXES if a not in axes)))
+
+
+def shared_batch_sharding(mesh: Mesh, axes: tuple[str, ...]) -> NamedSharding:
+  """A batch every member reads (evaluation): over the data-parallel axes the members do not use."""
+  return NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a not in axes)))

@@ -78,8 +78,13 @@ def main(argv):
     cli.fail(f"{line}; {surviving_checkpoints(_WORKDIR.value)}", status=1 if cli.is_disk_full(error) else 2)
   if jax.process_index() == 0:
     keys = ("status", "step", *(("stop_when", "steps_to_target") if summary.get("stop_when") else ()), "final",
-            "parameters", "wall_time_sec")
-    print(json.dumps({k: summary[k] for k in keys}, indent=1))
+            "parameters", "wall_time_sec", "member", "diverged_at")
+    if "members" in summary:  # a population: its end, then each member's as a run's
+      shown = {"status": summary["status"], "step": summary["step"], "wall_time_sec": summary["wall_time_sec"],
+               "members": [{k: m[k] for k in keys if k in m} for m in summary["members"]]}
+    else:
+      shown = {k: summary[k] for k in keys if k in summary}
+    print(json.dumps(shown, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import flax.linen as nn
 import jax
 from ml_collections import ConfigDict
 
-from experiments import sharding, targets
+from experiments import population, sharding, targets
 from experiments.data import byte_pair, datasets, tasks, text, tokenizers
 from experiments.inspection import parsing
 from experiments.optimizer import NO_DECAY_KINDS, SCHEDULES
@@ -261,11 +262,41 @@ def validate(config: ConfigDict, device_count: int | None = None, process_count:
         f"checkpoint.best_metric={ck.best_metric!r} is not an eval metric of this run (data.task={d.task!r}): "
         f"expected one of {', '.join(eval_metrics(d))}")
   if ck.restore_from:
-    check(os.path.isdir(os.path.join(ck.restore_from, "checkpoints")),
-          f"checkpoint.restore_from={ck.restore_from!r} has no checkpoints/ folder: give a training run's workdir")
+    check(os.path.isdir(os.path.join(ck.restore_from, "checkpoints"))
+          or population.population_of(ck.restore_from) is not None,
+          f"checkpoint.restore_from={ck.restore_from!r} has no checkpoints/ folder: give a training run's workdir "
+          f"(or a population member's directory)")
   if "inspect" in config:
     errors.extend(_inspect_errors(config.inspect, model))
+  population_errors = population.errors(config)
+  errors.extend(population_errors)
+  if not population_errors and population.size_of(config) > 1:
+    errors.extend(_member_errors(config, errors, mesh_shape, rules, device_count, process_count))
   return errors
+
+
+def _member_errors(config: ConfigDict, errors: list[str], mesh_shape: dict[str, int] | None, rules: Any,
+                   device_count: int, process_count: int) -> list[str]:
+  """Problems of a population beyond its section: one that spans processes or that the mesh does not divide, and a
+  member's own value (a learning rate of 0) the shared config does not have."""
+  size = population.size_of(config)
+  problems = []
+  if process_count > 1:
+    problems.append(f"population.size={size}: a population trains in one process, not {process_count}; run it on "
+                    f"one host, or train its members as separate runs")
+  if mesh_shape is not None and rules is not None:
+    axes = sharding.member_axes(rules)
+    ways = 1
+    for axis in axes:
+      ways *= mesh_shape[axis]
+    if size % ways:
+      problems.append(f"population.size={size} is not divisible by mesh {'x'.join(axes)}={ways}, which the rule "
+                      f"'{sharding.POPULATION}=' in mesh.rules splits the members over")
+  for index in range(size):
+    member = population.member_config(config, index)
+    problems += [f"population member {index}: {line}" for line in validate(member, device_count, process_count)
+                 if line not in errors]
+  return problems
 
 
 def _inspect_errors(section: ConfigDict, model: ModelConfig | None) -> list[str]:
