@@ -2,7 +2,7 @@ r"""Evaluates a training run's checkpoint on its validation split.
 
   python -m experiments.evaluate --workdir=DIR [--step=N] [--max_batches=10]
 
-The run's own config (DIR/config.json) defines the model and data, so the command takes no --config
+The run's own config (DIR/config.json) defines the model and data, so the command takes no config
 overrides; `--max_batches` stands in for the config's eval.max_batches. It prints one JSON object: the step
 and each eval metric, a metric that is not a finite number (a diverged checkpoint's NaN loss) as null, so that
 the output is valid JSON.

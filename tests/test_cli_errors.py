@@ -432,3 +432,41 @@ def test_evaluate_prints_strict_json_with_null_for_what_is_not_finite():
   printed = evaluate.metrics_json({"step": 3, "eval/loss": float("nan"), "eval/perplexity": float("inf"),
                                    "eval/accuracy": 0.25})
   assert json.loads(printed) == {"step": 3, "eval/loss": None, "eval/perplexity": None, "eval/accuracy": 0.25}
+
+
+COMMANDS = ("train", "evaluate", "sample", "params", "inspect", "sweep", "report")
+_ABSL_FLAGS = {"help", "helpfull", "verbosity"}  # defined by absl for every command
+
+
+def _defined_flags(path: str) -> tuple[set[str], set[str]]:
+  """(every flag a command's file defines, the config-file flags among them), read from its DEFINE_* calls."""
+  import ast  # pylint: disable=g-import-not-at-top
+
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  names, config_files = set(), set()
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("DEFINE_")
+        and node.args and isinstance(node.args[0], ast.Constant)):
+      names.add(node.args[0].value)
+      if node.func.attr == "DEFINE_config_file":
+        config_files.add(node.args[0].value)
+  return names, config_files
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_usage_of_a_command_shows_only_flags_it_has(command):
+  """--help prints the module's docstring: every flag written there must parse (a --config.KEY override only where
+  the command has a --config file flag)."""
+  import ast  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(REPO, "experiments", f"{command}.py")
+  with open(path, encoding="utf-8") as f:
+    usage = ast.get_docstring(ast.parse(f.read())) or ""
+  names, config_files = _defined_flags(path)
+  shown = re.findall(r"(?<![\w-])--(\w+)((?:\.\w+)*)", usage)
+  assert shown, f"{command}'s usage shows no flag"
+  for name, override in shown:
+    flag = name[2:] if name.startswith("no") and name[2:] in names else name
+    assert flag in names | _ABSL_FLAGS, f"{command}'s usage shows --{name}{override}, which it does not define"
+    assert not override or flag in config_files, f"{command}'s usage shows --{name}{override}: no such override"
