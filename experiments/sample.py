@@ -113,8 +113,8 @@ def stream_text(tokenizer: tokenizers.Tokenizer, token_ids: Iterator[int], write
 
   With `prompt_ids` (already shown), what is written is how the generated tokens extend the prompt's text:
   the text of prompt and continuation decoded together, after the prompt's. Decoded alone, a continuation
-  loses what joins it to the prompt: the space between token ids ("3 17 5" then "39" would read "3 17 539"),
-  a SentencePiece piece's leading space.
+  can lose what joins it to the prompt: token ids are joined by spaces ("3 17 5" then "39" would read
+  "3 17 539").
   """
   ids = [int(t) for t in prompt_ids]
   shown = written = tokenizer.decode(ids)
