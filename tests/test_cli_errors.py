@@ -434,7 +434,19 @@ def test_evaluate_prints_strict_json_with_null_for_what_is_not_finite():
   assert json.loads(printed) == {"step": 3, "eval/loss": None, "eval/perplexity": None, "eval/accuracy": 0.25}
 
 
-COMMANDS = ("train", "evaluate", "sample", "params", "inspect", "sweep", "report")
+def _commands() -> list[str]:
+  """The files of experiments/ that run as commands (through cli.run), by name."""
+  folder = os.path.join(REPO, "experiments")
+  found = []
+  for name in sorted(os.listdir(folder)):
+    if name.endswith(".py"):
+      with open(os.path.join(folder, name), encoding="utf-8") as f:
+        if "cli.run(main)" in f.read():
+          found.append(name[:-len(".py")])
+  return found
+
+
+COMMANDS = _commands()
 _ABSL_FLAGS = {"help", "helpfull", "verbosity"}  # defined by absl for every command
 
 
