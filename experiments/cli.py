@@ -12,6 +12,7 @@ import difflib
 import errno
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -19,6 +20,8 @@ from typing import Any, NoReturn
 from absl import app, flags
 from ml_collections import ConfigDict
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+from experiments.files import CONFIG_FILE
 
 USAGE_STATUS = 2  # a mistake in what was asked: the same command fails the same way until it is changed
 
@@ -46,6 +49,9 @@ def fail(message: str, status: int = USAGE_STATUS) -> NoReturn:
 def run(main: Callable[[list[str]], Any]) -> None:
   """Runs a command's main like app.run, with flag and usage mistakes told in one line and status 2.
 
+  A reader that stops reading (`--help | head`, `sample ... | head`) ends the command quietly, with the
+  status of a process that SIGPIPE ended (as `cat` has), not with a traceback or an error line.
+
   Args:
     main: the command; an app.UsageError it raises is one of these mistakes.
   """
@@ -56,7 +62,30 @@ def run(main: Callable[[list[str]], Any]) -> None:
     except app.UsageError as error:  # absl would print the whole --help before the message
       fail(str(error))
 
-  app.run(guarded, flags_parser=parse_flags)
+  try:
+    app.run(guarded, flags_parser=parse_flags)
+  except BrokenPipeError:  # Python ignores SIGPIPE, so a write to a closed pipe raises instead
+    sys.exit(128 + signal.SIGPIPE)
+
+
+def run_error_line(error: BaseException, workdir: str, step: int | None = None) -> str:
+  """One line for a run that does not load (no such folder, not a run, no checkpoint): the flag first, a fix.
+
+  Args:
+    error: what loading raised (FileNotFoundError, a checkpoint error).
+    workdir: the --workdir given.
+    step: the --step given, if any.
+  """
+  if not os.path.isdir(workdir):
+    return f"--workdir={workdir}: no such folder; give the directory a training run wrote (its --workdir)"
+  message = str(error)
+  if step is not None and f"step {step}" in message:
+    return f"--step={step}: {message}"
+  if isinstance(error, FileNotFoundError) and "checkpoint" in message and os.path.exists(
+      os.path.join(workdir, CONFIG_FILE)):
+    return (f"--workdir={workdir}: the run has saved no checkpoint yet ({message}); train it "
+            f"(python -m experiments.train ... --workdir={workdir}) or wait for its first checkpoint")
+  return f"--workdir={workdir}: {message}"
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
@@ -67,6 +96,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   """
   try:
     remaining = flags.FLAGS(argv)
+  except BrokenPipeError:  # --help's reader went away: run() ends quietly
+    raise
   except Exception as error:  # pylint: disable=broad-except
     # Anything raised here comes from the command line or from the config file it names (a user's code).
     fail(describe_flag_error(error, argv))
@@ -103,6 +134,8 @@ def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
       return f"--{flag_name} is required: {_help(flag_name)}"
     kind = flags.FLAGS[flag_name].parser.flag_type() if flag_name in flags.FLAGS else "value"
     return f"--{flag_name}={value}: {why}; give a value of type {kind}"
+  if isinstance(error, flags.UnrecognizedFlagError):
+    return _unknown_flag(error.flagname)
   if isinstance(error, flags.Error):
     return f"{first} (--help lists the flags)"
   return f"{type(error).__name__}: {first}"
@@ -137,6 +170,17 @@ def _os_error(error: BaseException | None) -> tuple[int, str | None] | None:
       return int(code.group(1)), path.group(1) if path else None
     error = error.__cause__ or error.__context__
   return None
+
+
+def _unknown_flag(name: str) -> str:
+  """The line for a flag the command does not define: the one meant, where it is near one it does define."""
+  if name.startswith("config.") and not _config_flags():
+    key = name[len("config."):]
+    field = key.rsplit(".", 1)[-1]
+    hint = f"; --{field} sets its {key}" if field in flags.FLAGS else ""
+    return f"--{name}: this command takes no --config overrides: it reads the run's own {CONFIG_FILE}{hint}"
+  close = difflib.get_close_matches(name, list(flags.FLAGS), n=1)
+  return f"--{name}: no such flag" + (f"; did you mean --{close[0]}?" if close else "") + " (--help lists the flags)"
 
 
 def _help(name: str) -> str:

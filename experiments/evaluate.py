@@ -3,12 +3,15 @@ r"""Evaluates a training run's checkpoint on its validation split.
   python -m experiments.evaluate --workdir=DIR [--member=I] [--step=N] [--max_batches=10]
 
 DIR is a run's workdir, a population member's directory, or a population's workdir with --member. The run's own
-config (DIR/config.json) defines the model and data; `--max_batches` overrides its eval.max_batches.
+config (DIR/config.json) defines the model and data, so the command takes no config overrides; `--max_batches`
+stands in for the config's eval.max_batches. It prints one JSON object: the step and each eval metric, a metric
+that is not a finite number (a diverged checkpoint's NaN loss) as null, so that the output is valid JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import jax
 from absl import flags
@@ -43,8 +46,9 @@ def evaluate(workdir: str, step: int | None = None, max_batches: int | None = No
   if max_batches is not None:
     config.eval.max_batches = max_batches
   sharded = build.ShardedModel(config)
-  evaluation = build.Evaluation(config, sharded, build.load_data(config))
+  # The checkpoint first: a workdir without one is told before any data are prepared.
   params, step = checkpoint.restore_params(workdir, sharded.abstract_params, step)
+  evaluation = build.Evaluation(config, sharded, build.load_data(config))
   return {"step": step, **evaluation.evaluate(params)}
 
 
@@ -52,11 +56,19 @@ def main(argv):
   del argv
   try:
     metrics = evaluate(_WORKDIR.value, _STEP.value, _MAX_BATCHES.value, _MEMBER.value)
-  # Not a run, no readable checkpoint, or data that cannot be prepared (offline, say): one line each.
-  except (FileNotFoundError, checkpoint.CheckpointError, validation.ConfigError) as error:
+  except FileNotFoundError as error:  # not a run, or no checkpoint (at --step), or a population without --member
+    cli.fail(cli.run_error_line(error, _WORKDIR.value, _STEP.value))
+  # No readable checkpoint, or data that cannot be prepared (offline, say): one line each.
+  except (checkpoint.CheckpointError, validation.ConfigError) as error:
     cli.fail(str(error))
   if jax.process_index() == 0:
-    print(json.dumps(metrics, indent=1))
+    print(metrics_json(metrics))
+
+
+def metrics_json(metrics: dict[str, float]) -> str:
+  """The metrics as strict JSON (which has no NaN or infinity): a value that is not finite becomes null."""
+  finite = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}
+  return json.dumps(finite, indent=1, allow_nan=False)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Prompts are text in the run's tokenizer (for the built-in tasks: token ids separ
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from typing import Any
@@ -164,7 +165,10 @@ def run_context(workdir: str, token: str, prompts: list[str], out: str | None = 
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
-    raise app.UsageError(f"expected one command, one of {', '.join(SUBCOMMANDS)}; got {' '.join(argv[1:]) or 'none'}")
+    close = difflib.get_close_matches(argv[1], SUBCOMMANDS, n=1) if len(argv) == 2 else []
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise app.UsageError(f"inspect {' '.join(argv[1:]) or 'with no command'}: {hint}give one command, one of "
+                         f"{', '.join(SUBCOMMANDS)}")
   f = {name: holder.value for name, holder in _FLAGS.items()}
   if not f["workdir"]:
     raise app.UsageError("--workdir is required")
@@ -187,7 +191,9 @@ def main(argv: list[str]) -> None:
   except checkpoint.CheckpointError as error:  # a broken checkpoint, no usage mistake: one line, status 2
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  except (ValueError, FileNotFoundError) as error:  # a usage mistake: one line, no traceback
+  except FileNotFoundError as error:  # not a run, or no checkpoint (at --step)
+    cli.fail(cli.run_error_line(error, f["workdir"], f["step"]))
+  except ValueError as error:  # a usage mistake: one line, no traceback
     raise app.UsageError(str(error)) from error
 
 

@@ -87,7 +87,8 @@ def _sections() -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
   # are resolved from its data section, as the trainer resolved them.
   path = os.path.join(_WORKDIR.value, CONFIG_FILE)
   if not os.path.exists(path):
-    raise app.UsageError(f"{path} does not exist: is --workdir a run's directory?")
+    what = "no such folder" if not os.path.isdir(_WORKDIR.value) else f"no {CONFIG_FILE} there"
+    raise app.UsageError(f"--workdir={_WORKDIR.value}: {what}; give a training run's directory (its --workdir)")
   with open(path) as f:
     saved = json.load(f)
   if "model" not in saved:

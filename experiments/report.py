@@ -25,6 +25,7 @@ import os
 from absl import app, flags
 
 from experiments import cli
+from experiments.files import CONFIG_FILE
 from experiments.sweeps import report
 
 
@@ -36,6 +37,9 @@ def main(argv):
     raise app.UsageError("--workdir is required: a sweep's directory (with trials/) or a run's")
   if not os.path.isdir(workdir):
     raise app.UsageError(f"--workdir={workdir} is not a folder: give a sweep's directory (with trials/) or a run's")
+  if not any(os.path.exists(os.path.join(workdir, name)) for name in ("sweep.json", "trials", CONFIG_FILE)):
+    raise app.UsageError(f"--workdir={workdir}: neither a sweep's directory (no sweep.json, no trials/) nor a "
+                         f"run's (no {CONFIG_FILE}); give the --workdir a sweep or a training run wrote")
   result = report.report(workdir, flags.FLAGS.metric)
   for table in ("results.md", "points.md"):
     with open(os.path.join(workdir, table), encoding="utf-8") as f:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -107,10 +107,17 @@ def generate(model: TransformerLM, params: Any, prompt_ids: np.ndarray, *, max_n
       logits_V = _last_logits(model, params, jnp.asarray([tokens[-max_len:]]))
 
 
-def stream_text(tokenizer: tokenizers.Tokenizer, token_ids: Iterator[int], write: Callable[[str], Any]) -> str:
-  """Writes the text of the tokens as they come (whole characters only) and returns all of it."""
-  ids: list[int] = []
-  written = ""
+def stream_text(tokenizer: tokenizers.Tokenizer, token_ids: Iterator[int], write: Callable[[str], Any],
+                prompt_ids: Sequence[int] = ()) -> str:
+  """Writes the text of the tokens as they come (whole characters only) and returns the text they add.
+
+  With `prompt_ids` (already shown), what is written is how the generated tokens extend the prompt's text:
+  the text of prompt and continuation decoded together, after the prompt's. Decoded alone, a continuation
+  can lose what joins it to the prompt: token ids are joined by spaces ("3 17 5" then "39" would read
+  "3 17 539").
+  """
+  ids = [int(t) for t in prompt_ids]
+  shown = written = tokenizer.decode(ids)
   for token in token_ids:
     ids.append(token)
     text = tokenizer.decode(ids)
@@ -122,7 +129,7 @@ def stream_text(tokenizer: tokenizers.Tokenizer, token_ids: Iterator[int], write
   text = tokenizer.decode(ids)
   if text.startswith(written):
     write(text[len(written):])
-  return text
+  return text[len(shown):] if text.startswith(shown) else text
 
 
 def _define_flags() -> None:
@@ -152,7 +159,9 @@ def main(argv):
     prompt_ids = tokenizer.encode(f.prompt)
     if len(prompt_ids) == 0:
       raise ValueError("prompt: encodes to no token; give some text")
-  except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as error:
+  except FileNotFoundError as error:  # not a run, or no checkpoint (at --step)
+    cli.fail(cli.run_error_line(error, f.workdir, f.step))
+  except (ValueError, checkpoint.CheckpointError) as error:
     cli.fail(str(error))
   print(f"# {workdir} step {step}, seed {f.seed}", file=sys.stderr)
 
@@ -165,7 +174,8 @@ def main(argv):
       write("\n" + "-" * 40 + "\n")
     write(f.prompt)
     stream_text(tokenizer, generate(model, params, prompt_ids, max_new_tokens=f.max_new_tokens,
-                                    temperature=f.temperature, top_k=f.top_k, seed=f.seed + index), write)
+                                    temperature=f.temperature, top_k=f.top_k, seed=f.seed + index), write,
+                prompt_ids=prompt_ids)
   write("\n")
 
 

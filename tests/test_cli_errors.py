@@ -269,3 +269,216 @@ def test_a_broken_saved_config_refuses_the_resume_in_one_line(tfds_data_dir, tmp
     runner.train_and_evaluate(config, str(workdir))
   assert "config.json is not valid JSON" in str(raised.value) and "\n" not in str(raised.value)
   assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]
+
+
+def untrained_run(workdir: str, data_dir: str, scale: float = 1.0) -> None:
+  """A run's workdir as training leaves it, made without training: config.json and the parameters at step 1.
+
+  The tiny config (2 layers, 2 heads, ids below 32); `scale` multiplies the parameters (NaN: a diverged run).
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  from transformer import TransformerLM, model_config_from  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config(data_dir)
+  _saved_run(workdir, config)
+  model = TransformerLM(model_config_from(validation.resolve(config).model))
+  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 24), jnp.int32))["params"])
+  params = jax.tree.map(lambda p: p * scale, params)
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, checkpoint.CHECKPOINTS)))
+  manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+  manager.wait_until_finished()
+  manager.close()
+
+
+def run_cases(module: str, cases: list[list[str]]) -> list[subprocess.CompletedProcess]:
+  """Each command line of `module`, run one after the other in one process (tests/helpers/command_cases.py)."""
+  driver = subprocess.run([sys.executable, "-m", "tests.helpers.command_cases", module], cwd=REPO, input=json.dumps(
+      cases), capture_output=True, text=True, timeout=300, check=False)
+  assert driver.returncode == 0, driver.stderr[-3000:]
+  outcomes = json.loads(driver.stdout.strip().splitlines()[-1])
+  return [subprocess.CompletedProcess([module, *args], o["status"], o["stdout"], o["stderr"])
+          for args, o in zip(cases, outcomes)]
+
+
+# The mistakes of the commands that read a run, as (arguments, what the one line names). {R}: a run saved at
+# step 1 (2 layers, 2 heads); {E}: a run that has saved no checkpoint; {N}: no such folder; {W}: an empty folder.
+RUN_MISTAKES = {
+    "experiments.inspect": [
+        (["atention", "--workdir={R}"], ["inspect atention", "did you mean attention?"]),
+        (["--workdir={R}"], ["inspect with no command", "attention, heads, context"]),
+        (["attention", "--workdir={R}", "--prompt=3 5", "--heads=7"], ["--heads='7'", "out of range 0..1"]),
+        (["attention", "--workdir={R}", "--prompt=3 5", "--layers=0,2"], ["--layers='0,2'", "out of range 0..1"]),
+        (["attention", "--workdir={R}"], ["one --prompt"]),
+        (["heads", "--workdir={N}"], ["--workdir={N}", "no such folder"]),
+        (["heads", "--workdir={E}"], ["--workdir={E}", "no checkpoint yet", "experiments.train"]),
+        (["heads", "--workdir={R}", "--step=7"], ["--step=7", "saved steps: [1]"]),
+        (["heads"], ["--workdir is required"]),
+    ],
+    "experiments.sample": [
+        ([], ["--workdir is required"]),
+        (["--workdir={N}"], ["--workdir={N}", "no such folder"]),
+        (["--workdir={E}"], ["--workdir={E}", "no checkpoint yet"]),
+        (["--workdir={R}", "--step=7"], ["--step=7", "saved steps: [1]"]),
+        (["--workdir={R}", "--prompt=3 99"], ["token id 99", "[0, 32)"]),
+    ],
+    "experiments.evaluate": [
+        (["--workdir={N}"], ["--workdir={N}", "no such folder"]),
+        (["--workdir={E}"], ["--workdir={E}", "no checkpoint yet"]),
+        (["--workdir={R}", "--config.eval.max_batches=1"], ["takes no --config", "--max_batches sets its eval"]),
+        (["--workdir={R}", "--stepp=1"], ["--stepp", "did you mean --step?"]),
+    ],
+    "experiments.params": [
+        (["--workdir={N}"], ["--workdir={N}", "no such folder"]),
+        (["--workdir={W}"], ["--workdir={W}", "no config.json"]),
+    ],
+    "experiments.report": [
+        (["--workdir={W}"], ["--workdir={W}", "neither a sweep", "nor a run"]),
+        (["--workdir={R}", "--config.x=1"], ["--config.x", "takes no --config"]),
+    ],
+}
+
+
+# What the commands print when they work, run in the same processes as their mistakes ({Z}: a diverged run).
+RUN_RESULTS = {
+    "experiments.sample": [["--workdir={R}", "--prompt=3 17 5", "--max_new_tokens=2", "--temperature=0"]],
+    "experiments.evaluate": [["--workdir={R}"], ["--workdir={Z}"]],
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tfds_data_dir, tmp_path_factory) -> dict[str, tuple[dict[str, str], list[subprocess.CompletedProcess]]]:
+  """Every case of RUN_MISTAKES and then RUN_RESULTS, by module, on the workdirs they name."""
+  root = tmp_path_factory.mktemp("runs")
+  places = {name: str(root / name) for name in "REZNW"}
+  untrained_run(places["R"], tfds_data_dir)
+  untrained_run(places["Z"], tfds_data_dir, scale=float("nan"))
+  _saved_run(places["E"], tiny_config(tfds_data_dir))
+  os.mkdir(places["W"])
+  by_module = {}
+  for module in sorted(RUN_MISTAKES):
+    cases = [args for args, _ in RUN_MISTAKES[module]] + RUN_RESULTS.get(module, [])
+    by_module[module] = run_cases(module, [[a.format(**places) for a in args] for args in cases])
+  return places, by_module
+
+
+@pytest.mark.slow  # one process per command (JAX imported once for all its cases): ~3 s of CPU each
+@pytest.mark.parametrize("module", sorted(RUN_MISTAKES))
+def test_the_mistakes_of_a_command_that_reads_a_run_are_one_line_and_status_2(module, outcomes):
+  places, by_module = outcomes
+  for result, (_, named) in zip(by_module[module], RUN_MISTAKES[module]):
+    assert "flags:" not in result.stdout + result.stderr, result  # no --help text
+    assert_one_line(result, *(n.format(**places) for n in named))
+
+
+@pytest.mark.slow  # shares the processes above; evaluating prepares the tiny task's validation split
+def test_sample_and_evaluate_print_what_they_promise(outcomes):
+  _, by_module = outcomes
+  [sampled] = by_module["experiments.sample"][len(RUN_MISTAKES["experiments.sample"]):]
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  assert re.fullmatch(r"3 17 5 \d+ \d+\n", sampled.stdout), sampled.stdout  # the first new id after a space
+
+  def strict(constant: str):
+    raise AssertionError(f"{constant} is not JSON")
+
+  finite, diverged = by_module["experiments.evaluate"][len(RUN_MISTAKES["experiments.evaluate"]):]
+  assert finite.returncode == 0 and diverged.returncode == 0, (finite.stderr[-3000:], diverged.stderr[-3000:])
+  # TFDS prints a line of its own on stdout when it prepares the data (the first of the two): the object follows.
+  metrics = json.loads(finite.stdout[finite.stdout.index("{"):], parse_constant=strict)
+  assert metrics["step"] == 1 and 0 < metrics["eval/loss"] < 10
+  nans = json.loads(diverged.stdout, parse_constant=strict)
+  assert nans["step"] == 1 and nans["eval/loss"] is None and nans.keys() == metrics.keys()
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+  read_end, write_end = os.pipe()
+  os.close(read_end)  # gone before the command writes: its first write fails with EPIPE
+  result = subprocess.run([sys.executable, "-m", "experiments.report", "--help"], cwd=REPO, stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+  os.close(write_end)
+  assert result.stderr == "" and result.returncode == 141, (result.returncode, result.stderr[-3000:])
+
+
+def test_an_unknown_inspect_command_names_the_nearest_one():
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  from experiments import inspect  # pylint: disable=g-import-not-at-top
+
+  with pytest.raises(app.UsageError, match=r"inspect hedas: did you mean heads\? give one command, one of"):
+    inspect.main(["inspect", "hedas"])  # refused before any flag is read
+
+
+def test_a_run_that_does_not_load_is_told_with_the_flag_and_the_fix(tmp_path):
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+
+  nope, empty, unsaved = tmp_path / "nope", tmp_path / "empty", tmp_path / "unsaved"
+  empty.mkdir()
+  unsaved.mkdir()
+  (unsaved / CONFIG_FILE).write_text("{}")
+  missing = FileNotFoundError(f"no checkpoint in {unsaved}/checkpoints")
+  assert cli.run_error_line(FileNotFoundError("x"), str(nope)).startswith(f"--workdir={nope}: no such folder")
+  assert cli.run_error_line(FileNotFoundError("no config"), str(empty)) == f"--workdir={empty}: no config"
+  assert cli.run_error_line(missing, str(unsaved)).startswith(f"--workdir={unsaved}: the run has saved no checkpoint")
+  at_step = FileNotFoundError(f"no checkpoint at step 5 in {unsaved}; saved steps: [1]")
+  assert cli.run_error_line(at_step, str(unsaved), 5) == f"--step=5: {at_step}"
+
+
+def test_evaluate_prints_strict_json_with_null_for_what_is_not_finite():
+  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+
+  printed = evaluate.metrics_json({"step": 3, "eval/loss": float("nan"), "eval/perplexity": float("inf"),
+                                   "eval/accuracy": 0.25})
+  assert json.loads(printed) == {"step": 3, "eval/loss": None, "eval/perplexity": None, "eval/accuracy": 0.25}
+
+
+def _commands() -> list[str]:
+  """The files of experiments/ that run as commands (through cli.run), by name."""
+  folder = os.path.join(REPO, "experiments")
+  found = []
+  for name in sorted(os.listdir(folder)):
+    if name.endswith(".py"):
+      with open(os.path.join(folder, name), encoding="utf-8") as f:
+        if "cli.run(main)" in f.read():
+          found.append(name[:-len(".py")])
+  return found
+
+
+COMMANDS = _commands()
+_ABSL_FLAGS = {"help", "helpfull", "verbosity"}  # defined by absl for every command
+
+
+def _defined_flags(path: str) -> tuple[set[str], set[str]]:
+  """(every flag a command's file defines, the config-file flags among them), read from its DEFINE_* calls."""
+  import ast  # pylint: disable=g-import-not-at-top
+
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  names, config_files = set(), set()
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("DEFINE_")
+        and node.args and isinstance(node.args[0], ast.Constant)):
+      names.add(node.args[0].value)
+      if node.func.attr == "DEFINE_config_file":
+        config_files.add(node.args[0].value)
+  return names, config_files
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_usage_of_a_command_shows_only_flags_it_has(command):
+  """--help prints the module's docstring: every flag written there must parse (a --config.KEY override only where
+  the command has a --config file flag)."""
+  import ast  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(REPO, "experiments", f"{command}.py")
+  with open(path, encoding="utf-8") as f:
+    usage = ast.get_docstring(ast.parse(f.read())) or ""
+  names, config_files = _defined_flags(path)
+  shown = re.findall(r"(?<![\w-])--(\w+)((?:\.\w+)*)", usage)
+  assert shown, f"{command}'s usage shows no flag"
+  for name, override in shown:
+    flag = name[2:] if name.startswith("no") and name[2:] in names else name
+    assert flag in names | _ABSL_FLAGS, f"{command}'s usage shows --{name}{override}, which it does not define"
+    assert not override or flag in config_files, f"{command}'s usage shows --{name}{override}: no such override"

@@ -99,3 +99,15 @@ def test_streamed_text_is_the_decoded_text_and_never_splits_a_character():
   out = io.StringIO()
   sample.stream_text(tokenizer, iter(ids[:1]), out.write)  # a lone first byte of "é" is all there is
   assert out.getvalue() == "\ufffd"
+
+
+@pytest.mark.parametrize("tokenizer, prompt, continuation", [
+    (tokenizers.TokenIds(64), "3 17 5", [39, 4]),  # ids are words: the continuation starts with a space
+    (tokenizers.ByteTokenizer(), "ROMEO:", list(" thé".encode())),
+])
+def test_the_continuation_extends_the_prompts_text(tokenizer, prompt, continuation):
+  prompt_ids = tokenizer.encode(prompt)
+  pieces = []
+  generated = sample.stream_text(tokenizer, iter(continuation), pieces.append, prompt_ids=prompt_ids)
+  whole = tokenizer.decode([*prompt_ids, *continuation])  # the reference: prompt and continuation decoded as one
+  assert prompt + "".join(pieces) == whole and generated == "".join(pieces)
