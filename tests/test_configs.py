@@ -15,7 +15,11 @@ from transformer import ModelConfig, TransformerLM, model_config_from
 
 
 def _cases():
-  return [pytest.param(name, variant, id=name if variant is None else f"{name}:{variant}")
+  # Tracing grows with depth (gpt3:175b unrolls 96 blocks): the larger GPT sizes are in the full suite only.
+  def marks(name, variant):
+    return [pytest.mark.slow] if name in ("gpt2", "gpt3") and variant != "small" else []
+
+  return [pytest.param(name, variant, id=name if variant is None else f"{name}:{variant}", marks=marks(name, variant))
           for name in config_files.names() for variant in config_files.variants(name)]
 
 
