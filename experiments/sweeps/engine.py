@@ -1,14 +1,13 @@
 """Runs a sweep: validates every trial, then workers ask the study for trials and run them until it is covered.
 
 One worker runs in this process, or several in spawned processes that die with it (host.die_with_parent); they
-take trials one at a time under a lock in SWEEPDIR (`_ask_lock`) and run each to its end (trials.run_trial).
+take trials one at a time under a lock in SWEEPDIR (`studies.queue_lock`) and run each to its end (trials.run_trial).
 What makes a rerun of the same sweep safe is told where users read it, in the command's docstring
 (experiments/sweep.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -18,7 +17,7 @@ import sys
 from ml_collections import ConfigDict
 
 from experiments import host
-from experiments.files import SUMMARY_FILE, TRIAL_FILE, exclusive_lock, read_json, write_json
+from experiments.files import SUMMARY_FILE, TRIAL_FILE, read_json, write_json
 from experiments.sweeps import space, studies, trials
 
 
@@ -32,18 +31,6 @@ class Unfinished(RuntimeError):
   def __init__(self, message: str, counts: dict[str, int]):
     super().__init__(message)
     self.counts = counts
-
-
-@contextlib.contextmanager
-def _ask_lock(sweepdir: str):
-  """Serializes queueing the trials a sweep needs (studies.finished) and `study.ask()` among the processes sharing
-  sweepdir: two workers would queue the same trials twice.
-
-  Popping a queued (WAITING) trial is a read then a write; PostgreSQL and MySQL lock the row (SELECT ... FOR
-  UPDATE), SQLite does not, so two local workers could both pop the same queued trial.
-  """
-  with exclusive_lock(os.path.join(sweepdir, ".ask.lock"), wait=True):
-    yield
 
 
 def raise_interrupt(signum, frame):
@@ -77,7 +64,7 @@ def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int =
   try:
     while True:
       trials.recover_stale(study, sweep, sweepdir)
-      with _ask_lock(sweepdir):  # one local worker at a time queues and takes a trial (see _ask_lock)
+      with studies.queue_lock(sweepdir):  # one local worker at a time queues and takes a trial
         if studies.finished(study, sweep):
           break
         if idle > max_idle:  # every trial asked for lately was done already: the sampler has nothing new
@@ -210,7 +197,8 @@ def run(sweep: ConfigDict, sweepdir: str, storage_url: str | None = None, worker
   write_json(os.path.join(sweepdir, "sweep.json"), {**sweep.to_dict(), "storage": storage_url})
   study = studies.open_study(sweep, storage_url)
   if retry:
-    logging.warning("retrying %d failed trials", studies.retry_failed(study, sweep))
+    with studies.queue_lock(sweepdir):
+      logging.warning("retrying %d failed trials", studies.retry_failed(study, sweep))
   if workers <= 1:
     work(sweep, sweepdir, storage_url)
   else:

@@ -6,6 +6,7 @@ share a storage and a SWEEPDIR share the study.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -15,7 +16,22 @@ from typing import Any
 import optuna
 from ml_collections import ConfigDict
 
+from experiments.files import exclusive_lock
 from experiments.sweeps import space
+
+
+@contextlib.contextmanager
+def queue_lock(sweepdir: str):
+  """Serializes, among the processes sharing sweepdir, every change to the study's queue: queueing the trials a
+  sweep needs (`finished`) with `study.ask()`, and requeueing an interrupted trial (`requeue`).
+
+  Popping a queued (WAITING) trial is a read then a write; PostgreSQL and MySQL lock the row (SELECT ... FOR
+  UPDATE), SQLite does not, so two local workers could both pop the same queued trial. And a requeue marks the
+  trial failed before it queues its point again: a worker looking for missing trials in between would queue
+  that point too, and it would train twice.
+  """
+  with exclusive_lock(os.path.join(sweepdir, ".ask.lock"), wait=True):
+    yield
 
 
 def default_storage(sweepdir: str) -> str:
@@ -200,7 +216,7 @@ def finished(study: optuna.Study, sweep: ConfigDict) -> bool:
   """Queues the trials the sweep needs and no process runs or waits for (see _missing); then True when nothing is
   left for this worker: nothing queued, and the grid or num_trials points covered.
 
-  Call it under the engine's ask lock: two local workers would queue the same trials twice.
+  Call it under `queue_lock`: two local workers would queue the same trials twice.
   """
   progress = _progress(study)
   missing = _missing(sweep, progress)

@@ -67,7 +67,8 @@ def recover_stale(study: optuna.Study, sweep: ConfigDict, sweepdir: str) -> None
     if point is None:
       started = frozen.datetime_start.timestamp() if frozen.datetime_start else time.time()
       if time.time() - started > STALE_UNCLAIMED_SEC:
-        studies.requeue(study, sweep, frozen, "its process died before it claimed a point")
+        with studies.queue_lock(sweepdir):
+          studies.requeue(study, sweep, frozen, "its process died before it claimed a point")
       continue
     trial_dir = os.path.join(sweepdir, "trials", point)
     with claim(trial_dir) as owned:
@@ -75,7 +76,8 @@ def recover_stale(study: optuna.Study, sweep: ConfigDict, sweepdir: str) -> None
         current = _stored(study, frozen)
         if current.state == optuna.trial.TrialState.RUNNING:
           died = last_write_time(trial_dir)  # read before trial.json is written again
-          studies.requeue(study, sweep, current, "its process died")
+          with studies.queue_lock(sweepdir):
+            studies.requeue(study, sweep, current, "its process died")
           _end_attempt(trial_dir, died, status="interrupted")
 
 
@@ -176,7 +178,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
       _record(trial_dir, seed=config.train.seed)
       summary = runner.train_and_evaluate(config, trial_dir, on_evaluation=on_evaluation)
     except KeyboardInterrupt:
-      studies.requeue(study, sweep, _stored(study, trial), "KeyboardInterrupt")
+      with studies.queue_lock(sweepdir):
+        studies.requeue(study, sweep, _stored(study, trial), "KeyboardInterrupt")
       _end_attempt(trial_dir, time.time(), status="interrupted")
       raise Interrupted(f"trial {trial_name} interrupted") from None
     except Exception as error:  # pylint: disable=broad-except  (any failure of one trial is recorded, not fatal)
@@ -193,7 +196,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
       _record(trial_dir, status=PRUNED, value=summary.get("final", {}).get(sweep.metric))
       return trial_dir
     if summary["status"] not in FINISHED:  # stopped by SIGINT/SIGTERM: the runner saved a checkpoint
-      studies.requeue(study, sweep, _stored(study, trial), summary["status"])
+      with studies.queue_lock(sweepdir):
+        studies.requeue(study, sweep, _stored(study, trial), summary["status"])
       _record(trial_dir, status="interrupted")
       raise Interrupted(f"trial {trial_name}: {summary['status']}")
     _tell(study, trial, summary, sweep.metric, trial_dir)
