@@ -73,6 +73,13 @@ def restore_newest(directory: str, steps: list[int], restore_step: Callable[[int
       f"step {step}: {error_line(error)}" for step, error in errors.items()), errors)
 
 
+class _ReadOnlyNotice(logging.Filter):
+  """Drops orbax's warning that a manager opened read-only is read-only: asked for, so no news to the reader."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
 def make_manager(workdir: str, ck: ConfigDict | None = None, *, read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over workdir/checkpoints keeping the last `keep` and the best `keep_best`.
 
@@ -83,8 +90,14 @@ def make_manager(workdir: str, ck: ConfigDict | None = None, *, read_only: bool 
   """
   directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
   if read_only or ck is None:
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    return ocp.CheckpointManager(directory, options=options)
+    # save_interval_steps=0: orbax warns of setting it itself for a read-only manager.
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    notice = _ReadOnlyNotice()
+    logging.getLogger("absl").addFilter(notice)  # orbax logs through absl
+    try:
+      return ocp.CheckpointManager(directory, options=options)
+    finally:
+      logging.getLogger("absl").removeFilter(notice)
   policies = [ocp.checkpoint_managers.LatestN(n=ck.keep)]
   if ck.keep_best:
     metric = ck.best_metric

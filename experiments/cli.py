@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import logging
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import ConfigDict
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
@@ -49,7 +51,8 @@ def fail(message: str, status: int = USAGE_STATUS) -> NoReturn:
 def run(main: Callable[[list[str]], Any]) -> None:
   """Runs a command's main like app.run, with flag and usage mistakes told in one line and status 2.
 
-  A reader that stops reading (`--help | head`, `sample ... | head`) ends the command quietly, with the
+  Libraries log at WARNING and above only, unless --verbosity is given (see quiet_libraries). A reader that
+  stops reading (`--help | head`, `sample ... | head`) ends the command quietly, with the
   status of a process that SIGPIPE ended (as `cat` has), not with a traceback or an error line.
 
   Args:
@@ -57,6 +60,7 @@ def run(main: Callable[[list[str]], Any]) -> None:
   """
 
   def guarded(argv: list[str]) -> Any:
+    quiet_libraries()
     try:
       return main(argv)
     except app.UsageError as error:  # absl would print the whole --help before the message
@@ -66,6 +70,16 @@ def run(main: Callable[[list[str]], Any]) -> None:
     app.run(guarded, flags_parser=parse_flags)
   except BrokenPipeError:  # Python ignores SIGPIPE, so a write to a closed pipe raises instead
     sys.exit(128 + signal.SIGPIPE)
+
+
+def quiet_libraries() -> None:
+  """Keeps the libraries' INFO records (orbax's checkpoint internals, JAX's backend probing, TFDS, grain,
+  Optuna) off the terminal: absl's verbosity (which also sets Python logging's root level) becomes WARNING,
+  unless --verbosity (or -v) was given on the command line: `--verbosity=0` brings the INFO records back."""
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    # Optuna (the sweep's) sets its own logger's level to INFO when it is imported, before this runs.
+    logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
 def run_error_line(error: BaseException, workdir: str, step: int | None = None) -> str:

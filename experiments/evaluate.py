@@ -6,6 +6,7 @@ DIR is a run's workdir, a population member's directory, or a population's workd
 config (DIR/config.json) defines the model and data, so the command takes no config overrides; `--max_batches`
 stands in for the config's eval.max_batches. It prints one JSON object: the step and each eval metric, a metric
 that is not a finite number (a diverged checkpoint's NaN loss) as null, so that the output is valid JSON.
+Libraries' INFO records (orbax, JAX, TFDS) are hidden: --verbosity=0 shows them.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ Each command loads the latest checkpoint of DIR (or --step); in a population's w
 member. `attention` writes a PNG grid of panels (one per chosen layer and head) and, beside it, a self-contained
 HTML page with the same name ending in .html.
 Prompts are text in the run's tokenizer (for the built-in tasks: token ids separated by spaces).
+Libraries' INFO records (orbax, JAX) are hidden: --verbosity=0 shows them.
 """
 
 from __future__ import annotations

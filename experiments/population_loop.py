@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import build, checkpoint, host, population, sharding, targets
+from experiments import build, checkpoint, host, population, sharding, targets, terminal
 from experiments.data import datasets, pipeline, tokenizers
 from experiments.files import CONFIG_FILE, SUMMARY_FILE, read_json, read_metrics, write_json
 from experiments.metrics import MetricWriter, Throughput, device_peak_flops
@@ -285,14 +285,15 @@ class MemberLogs:
 
 
 def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, start_time: float,
-        member_dirs: list[str] | None) -> dict[str, Any]:
+        member_dirs: list[str] | None, eval_lines: bool = False) -> dict[str, Any]:
   """Trains (or resumes) the population of a resolved, validated config in a locked workdir; returns its summary.
 
   The summary (also workdir/summary.json) has the population's `status` ("completed": train.steps ran;
   "all_stopped": every member stopped before; or "stopped by SIGTERM at step N", resumed by a rerun), its `step`,
   `member_dirs` and `members`: each member's summary as its directory's summary.json holds it, a single run's
   with the status "completed", "reached_target" (with steps_to_target), "diverged" (with diverged_at: its state
-  is that of the step before) or the population's signal.
+  is that of the step before) or the population's signal. With eval_lines, each evaluation prints one line per
+  member it evaluated (terminal.eval_line), through the progress bar.
 
   Raises:
     ConfigError: member_dirs is not one directory per member, or the checkpoint is past train.steps.
@@ -359,7 +360,13 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
         if step % t.log_every == 0 or final or evaluating or saving:
           logs.flush()
         if evaluating and logs.active.any():
-          logs.evaluated(step, training.evaluate(state.params, evaluation), target)
+          evaluated = np.flatnonzero(logs.active)
+          member_metrics = training.evaluate(state.params, evaluation)
+          logs.evaluated(step, member_metrics, target)
+          for i in evaluated if eval_lines else []:
+            terminal.say(terminal.eval_line(step, t.steps, member_metrics[i],
+                                            logs.last_train[i].get("perf/tokens_per_sec"), time.time() - start_time,
+                                            member=int(i)), bar)
           # The host knows every member's mask right after a flush: a member that met its target stops here.
           active = jax.device_put(logs.active, training.member_sharding)
         ending = None if logs.active.any() else ALL_STOPPED

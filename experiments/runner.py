@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import build, checkpoint, host, population, sharding, targets, validation
+from experiments import build, checkpoint, host, population, sharding, targets, terminal, validation
 from experiments.data import datasets, tokenizers
 from experiments.checkpoint import CheckpointError
 from experiments.files import CONFIG_FILE, SUMMARY_FILE, read_json, read_metrics, write_json
@@ -57,7 +57,7 @@ class EvalRecord:
 
 def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
                        on_evaluation: Callable[[int, dict[str, float]], bool] | None = None,
-                       member_dirs: list[str] | None = None) -> dict[str, Any]:
+                       member_dirs: list[str] | None = None, eval_lines: bool = False) -> dict[str, Any]:
   """Runs (or resumes) the training a config describes and returns the final summary (also in summary.json).
 
   The summary's `status` says why the run ended at its `step`, each way with a checkpoint of that step:
@@ -79,6 +79,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
     config: the run config (validated here).
     workdir: the run's directory, made if missing.
     progress: show a progress bar (process 0).
+    eval_lines: print one line per evaluation on stdout (process 0; see terminal.eval_line), through the bar.
     on_evaluation: called on process 0 after every evaluation of the loop, after the target check, with the step
       and the eval metrics; True ends the run there, checkpointed, with status "pruned" (unless the target was
       met there too, or the step was the last one: then the run reached its target or completed anyway). On
@@ -117,7 +118,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
     if size > 1:
       from experiments import population_loop  # pylint: disable=g-import-not-at-top  (it imports this module)
 
-      return population_loop.run(config, workdir, data, progress, start_time, member_dirs)
+      return population_loop.run(config, workdir, data, progress, start_time, member_dirs, eval_lines)
     finished = read_json(os.path.join(workdir, SUMMARY_FILE))
     if _is_done(finished, config.train):
       if finished["status"] == "completed":
@@ -127,7 +128,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
         logging.warning("%s already reached its target %s at step %d: nothing to do (change train.stop_when to "
                         "continue it)", workdir, finished["stop_when"], finished["steps_to_target"])
       return finished
-    return _run(config, workdir, data, progress, start_time, on_evaluation)
+    return _run(config, workdir, data, progress, start_time, on_evaluation, eval_lines)
 
 
 def _stop_when_text(t: ConfigDict) -> str:
@@ -202,7 +203,7 @@ def _start_state(config: ConfigDict, workdir: str, training: build.Training,
 
 
 def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, start_time: float,
-         on_evaluation: Callable[[int, dict[str, float]], bool] | None) -> dict[str, Any]:
+         on_evaluation: Callable[[int, dict[str, float]], bool] | None, eval_lines: bool) -> dict[str, Any]:
   t, lead = config.train, jax.process_index() == 0
   target = targets.parse_target(t.stop_when)
   sharded = build.ShardedModel(config)
@@ -281,6 +282,9 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
           train_log.flush(step)
           eval_metrics = evaluation.evaluate(state.params)
           writer.write(step, eval_metrics)
+          if eval_lines and lead:
+            terminal.say(terminal.eval_line(step, t.steps, eval_metrics, train_log.last.get("perf/tokens_per_sec"),
+                                            time.time() - start_time), bar)
           if probes.enabled:  # reads the parameters only: the train state, its RNG and the data order are untouched
             probes.write(step, state.params, writer)
           evals.add(step, eval_metrics)

@@ -5,6 +5,7 @@ r"""Generates text from a trained run, streaming it as it is produced.
 
 Loads the run's latest checkpoint (or `--step`; in a population's workdir, `--member=I`'s) and its tokenizer
 (runs on built-in tasks take prompts as token ids: --prompt="3 17 5"). The same seed gives the same text.
+Libraries' INFO records (orbax, JAX) are hidden: --verbosity=0 shows them.
 
 Each new token sees the last `max_len` tokens at most, as nanoGPT crops its context. While the text
 fits, tokens are decoded with the key/value cache (one token's work per step); once it is longer,

@@ -10,7 +10,8 @@ before the next. Every evaluation of a trial is reported to the study as an inte
 metric (the study's objective carries the metric's name, for optuna-dashboard), and a random or TPE sweep may
 name a pruner. The study lives in --storage (default: SQLite in SWEEPDIR/study.db); processes on several
 machines that share a storage and a SWEEPDIR share the study. The command prints one line per trial that ended
-(id, status, metric, step, wall time) and a line of progress after it.
+(id, status, metric, step, wall time) and a line of progress after it. Libraries' INFO records (Optuna, orbax,
+JAX) are hidden: --verbosity=0 shows them.
 
 What makes a rerun of the same command safe:
   - A trial holds an exclusive lock on SWEEPDIR/trials/<id>/.claim while it runs, so no point trains in two

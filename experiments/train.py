@@ -2,20 +2,23 @@ r"""Trains a model described by a config file; resumes from the workdir's latest
 
   python -m experiments.train --config=configs/default.py --workdir=runs/default [--config.train.steps=500]
 
+It prints one line per evaluation (step, eval loss and accuracy, or bits per character on text, tokens per second,
+elapsed time) and a short summary at the end; every number is in the workdir's summary.json and metrics.jsonl.
+Libraries' INFO records (orbax, JAX, TFDS) are hidden: --verbosity=0 shows them.
+
 Multi-host: pass --coordinator_address, --num_processes and --process_id (or set JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID); every process runs the same command.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import cli
+from experiments import cli, terminal
 from experiments.checkpoint import CHECKPOINTS, CheckpointError
 from experiments.host import keep_freed_memory, one_heap_pays
 from experiments.metrics import NonFiniteLoss
@@ -63,7 +66,7 @@ def main(argv):
   keep_freed_memory(one_heap=one_heap_pays(_CONFIG.value))
   initialize_distributed()
   try:
-    summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value, eval_lines=True)
   except (ConfigError, CheckpointError) as error:
     cli.fail(str(error))
   except (WorkdirLocked, NonFiniteLoss) as error:
@@ -77,14 +80,7 @@ def main(argv):
     # A full disk stops a run the same command resumes once there is space; the others need another workdir.
     cli.fail(f"{line}; {surviving_checkpoints(_WORKDIR.value)}", status=1 if cli.is_disk_full(error) else 2)
   if jax.process_index() == 0:
-    keys = ("status", "step", *(("stop_when", "steps_to_target") if summary.get("stop_when") else ()), "final",
-            "parameters", "wall_time_sec", "member", "diverged_at")
-    if "members" in summary:  # a population: its end, then each member's as a run's
-      shown = {"status": summary["status"], "step": summary["step"], "wall_time_sec": summary["wall_time_sec"],
-               "members": [{k: m[k] for k in keys if k in m} for m in summary["members"]]}
-    else:
-      shown = {k: summary[k] for k in keys if k in summary}
-    print(json.dumps(shown, indent=1))
+    print("\n".join(terminal.summary_lines(summary, _WORKDIR.value)))
 
 
 if __name__ == "__main__":

@@ -386,8 +386,11 @@ def test_sample_and_evaluate_print_what_they_promise(outcomes):
 
   finite, diverged = by_module["experiments.evaluate"][len(RUN_MISTAKES["experiments.evaluate"]):]
   assert finite.returncode == 0 and diverged.returncode == 0, (finite.stderr[-3000:], diverged.stderr[-3000:])
-  # TFDS prints a line of its own on stdout when it prepares the data (the first of the two): the object follows.
-  metrics = json.loads(finite.stdout[finite.stdout.index("{"):], parse_constant=strict)
+  # Preparing the data (the first of the two may) says one line on stderr, none of TFDS's prints on stdout.
+  metrics = json.loads(finite.stdout, parse_constant=strict)
+  told = [line for line in finite.stderr.splitlines() if line.strip()]
+  assert all(line.startswith("preparing the attn_associative_recall data in ") for line in told), told
+  assert len(told) <= 1 and not diverged.stderr.strip(), (told, diverged.stderr[-3000:])
   assert metrics["step"] == 1 and 0 < metrics["eval/loss"] < 10
   nans = json.loads(diverged.stdout, parse_constant=strict)
   assert nans["step"] == 1 and nans["eval/loss"] is None and nans.keys() == metrics.keys()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -292,11 +293,33 @@ def test_sigterm_saves_and_the_run_resumes(tfds_data_dir, tmp_path):
   assert summary["status"] == f"stopped by SIGTERM at step {summary['step']}"
   saved = checkpoint.make_manager(str(workdir), read_only=True).latest_step()
   assert saved == summary["step"]
-  resume_args = [f"--config.train.steps={saved + 2}" if a.startswith("--config.train.steps=") else a for a in args]
+  # Resumed with an evaluation after each of its two steps: what the terminal shows of a run that works.
+  resume_args = [f"--config.train.steps={saved + 2}" if a.startswith("--config.train.steps=") else
+                 "--config.train.eval_every=1" if a.startswith("--config.train.eval_every=") else a for a in args]
   resumed = subprocess.run(resume_args, cwd=REPO,
                            capture_output=True, text=True, timeout=180, check=False)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert json.loads((workdir / "summary.json").read_text())["step"] == saved + 2
+  assert_quiet_terminal(stderr + resumed.stdout + resumed.stderr)
+  logged = {row["step"]: row["eval/loss"] for row in read_metrics(str(workdir)) if "eval/loss" in row}
+  lines = resumed.stdout.splitlines()
+  evals = [line for line in lines if line.startswith("step ")]
+  assert len(evals) == 2 and evals == lines[:2], resumed.stdout  # one per evaluation, before the summary
+  for step, line in zip((saved + 1, saved + 2), evals):
+    assert re.match(rf"step +{step}/{saved + 2}  loss {logged[step]:.4f}  accuracy \d\.\d{{4}} +[\d,]+ tok/s  "
+                    rf"\d+:\d\d:\d\d$", line), (line, logged)
+  assert len({line.index(" tok/s") for line in evals}) == 1, evals  # aligned
+  summary = lines[2:]
+  assert summary[0] == f"completed at step {saved + 2}", summary
+  assert summary[1].startswith(f"final  loss {logged[saved + 2]:.4f}"), summary
+  assert any(line.startswith(f"files in {workdir}: summary.json") for line in summary), summary
+  assert "{" not in resumed.stdout  # the JSON is summary.json's alone
+
+
+def assert_quiet_terminal(printed: str) -> None:
+  """No library's INFO record in what a command printed: neither absl's (`I1201 13:18:05.326 ...`) nor logging's."""
+  noisy = [line for line in printed.splitlines() if re.match(r"I\d{4} ", line) or "INFO:" in line]
+  assert not noisy, noisy[:5]
 
 
 @pytest.mark.parametrize("name", config_files.names())

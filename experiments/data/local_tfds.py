@@ -11,9 +11,15 @@ directory, so it is a no-op (see `LocalDatasetInfo`); and `data_dir` defaults to
 their `prepare` functions require it.
 """
 
+import contextlib
 import errno
+import io
+import logging
+import sys
+from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 
 class LocalDatasetInfo(tfds.core.DatasetInfo):
@@ -33,3 +39,42 @@ def lost_preparation_race(error: OSError) -> bool:
   OSError: two test processes preparing one dataset side by side hit that.
   """
   return isinstance(error, FileExistsError) or error.errno in (errno.EEXIST, errno.ENOTEMPTY)
+
+
+class _TfdsChatter(logging.Filter):
+  """Drops TFDS's records below ERROR ("Using custom data configuration", "Generating splits") unless the command
+  asked for INFO records (--verbosity=0 or more)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    chatter = "tensorflow_datasets" in record.pathname and record.levelno < logging.ERROR
+    return not chatter or absl_logging.get_verbosity() >= absl_logging.INFO
+
+
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+  """Builds or prepares datasets inside with TFDS's progress bars, prints and warnings kept off the terminal.
+
+  TFDS prints "Downloading and preparing ..." and "... downloaded and prepared" on stdout, where the evaluate
+  command's JSON goes, draws five progress bars and warns of a "custom data configuration" (every task's); with
+  --verbosity=0 or more they all stay. The caller says in one line what it prepares (announce_preparation).
+  """
+  if absl_logging.get_verbosity() >= absl_logging.INFO:
+    yield
+    return
+  chatter = _TfdsChatter()
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(chatter)
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.enable_progress_bar()
+    absl_logger.removeFilter(chatter)
+
+
+def announce_preparation(builder: tfds.core.DatasetBuilder) -> None:
+  """The one line a command prints on stderr before it prepares a dataset that is not prepared yet."""
+  if not builder.is_prepared():
+    print(f"preparing the {builder.name} data in {builder.data_dir} (once; later runs reuse them)", file=sys.stderr,
+          flush=True)

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from experiments.data import task_streams
-from experiments.data.local_tfds import LocalDatasetInfo, lost_preparation_race
+from experiments.data.local_tfds import LocalDatasetInfo, announce_preparation, lost_preparation_race, quiet_tfds
 from experiments.data.task_streams import RecallConfig, TaskConfig
 
 _SPLITS = ("train", "validation")
@@ -189,14 +189,16 @@ def prepare(task: str, data_dir: str, **sizes: int) -> tfds.core.DatasetBuilder:
   # when a pickled builder is rebuilt in a grain worker process; so name those by name.
   if any(c.name == config.name for c in cls.BUILDER_CONFIGS):
     config = config.name
-  builder = cls(config=config, data_dir=data_dir, file_format="array_record")
-  try:
-    builder.download_and_prepare(file_format="array_record")
-  except OSError as error:
-    if not lost_preparation_race(error):
-      raise
-    # Another process finished first; its data are complete (renamed into place atomically).
+  with quiet_tfds():
     builder = cls(config=config, data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-      raise
+    announce_preparation(builder)
+    try:
+      builder.download_and_prepare(file_format="array_record")
+    except OSError as error:
+      if not lost_preparation_race(error):
+        raise
+      # Another process finished first; its data are complete (renamed into place atomically).
+      builder = cls(config=config, data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        raise
   return builder

@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from experiments.data import tokenizers
-from experiments.data.local_tfds import LocalDatasetInfo, lost_preparation_race
+from experiments.data.local_tfds import LocalDatasetInfo, announce_preparation, lost_preparation_race, quiet_tfds
 
 TEXT_FILES = "text_files"  # data.dataset value of the user-text builder
 _CHUNK_CHARS = 1 << 20  # characters per stored example of text_files (cut at newlines)
@@ -143,13 +143,15 @@ def prepare_builder(dataset: str, data_dir: str, *, text_files: str = "", valida
   """
   if dataset == TEXT_FILES:
     config = TextFilesConfig.from_files(text_files, validation_fraction)
-    builder = TextFiles(config=config, data_dir=data_dir, file_format="array_record")
-    try:
-      builder.download_and_prepare(file_format="array_record")
-    except OSError as error:  # another process finished first (see tasks.prepare)
-      if not lost_preparation_race(error):
-        raise
+    with quiet_tfds():
       builder = TextFiles(config=config, data_dir=data_dir, file_format="array_record")
+      announce_preparation(builder)
+      try:
+        builder.download_and_prepare(file_format="array_record")
+      except OSError as error:  # another process finished first (see tasks.prepare)
+        if not lost_preparation_race(error):
+          raise
+        builder = TextFiles(config=config, data_dir=data_dir, file_format="array_record")
     return builder
   try:
     builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
@@ -158,6 +160,7 @@ def prepare_builder(dataset: str, data_dir: str, *, text_files: str = "", valida
                      f"'tiny_shakespeare' or {TEXT_FILES!r} with data.text_files") from None
   if builder.is_prepared():
     return builder
+  announce_preparation(builder)
   command = [sys.executable, "-m", "experiments.data.catalog", f"--name={dataset}", f"--data_dir={data_dir}"]
   if manual_dir:
     command.append(f"--manual_dir={os.path.abspath(os.path.expanduser(manual_dir))}")
