@@ -198,3 +198,13 @@ def test_the_progress_line_counts_trials_and_estimates_the_time_left():
   assert engine.progress_line(progress, "s") == "sweep s: 4/12 trials ended (1 failed), 1 running, about 7 min left"
   progress.update(done=11, running=0, mean_wall_sec=60.0)  # the last one alone: 60 s
   assert engine.progress_line(progress, "s") == "sweep s: 11/12 trials ended (1 failed), 0 running, about 60 s left"
+
+
+def test_a_queued_trial_taken_but_not_yet_claimed_is_not_queued_again(tmp_path):
+  s = tiny_sweep(str(tmp_path / "data"), values=(1, 2))
+  study = studies.open_study(s, studies.default_storage(str(tmp_path)))
+  assert not studies.finished(study, s)  # queues both points
+  study.ask()  # a worker took the first and has not claimed it yet (no trial_id): another worker looks now
+  assert not studies.finished(study, s)
+  waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+  assert len(waiting) == 1 and len(study.trials) == 2

@@ -148,7 +148,9 @@ def _progress(study: optuna.Study) -> dict[str, Any]:
       waiting.add(t.user_attrs.get("planned"))
       continue
     if t.state == state.RUNNING:
-      running.add(t.user_attrs.get("trial_id", f"unclaimed {t.number}"))
+      # Between `ask` and its claim a trial has no trial_id yet, but a queued one knows what it will be: without
+      # it another worker would find that trial missing and queue it again.
+      running.add(t.user_attrs.get("trial_id", t.user_attrs.get("planned", f"unclaimed {t.number}")))
     elif _counts_as_done(t, retried):
       done.add(t.user_attrs["trial_id"])
     else:
