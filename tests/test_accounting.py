@@ -218,6 +218,7 @@ def test_cli_json_for_175b():
   assert out["flops_per_token"] == 6 * (96 * 12 * 12288**2 + 50257 * 12288) + 12 * 96 * 96 * 128 * 2048
 
 
+@pytest.mark.slow  # runs the params command (a JAX start)
 def test_cli_workdir_and_errors(tmp_path):
   # --workdir reads DIR/config.json; 0s ("from the data") are resolved from its data section, as training does.
   saved = gpt2.get_config("small")

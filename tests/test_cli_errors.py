@@ -58,17 +58,17 @@ def assert_one_line(result: subprocess.CompletedProcess, *named: str, status: in
 
 # (id, module, arguments, what the line names); {W} is an empty folder, {F} a regular file, {S} a config file with a
 # syntax error on line 2. Every command is here. A command that imports JAX costs ~2 s of CPU before it parses its
-# flags, so the fast tier keeps the four mistakes of `train` and one required flag; the rest are SLOW.
+# flags, so the fast tier keeps two mistakes of `train` and one required flag; the rest are SLOW.
 SLOW = pytest.mark.slow
 FLAG_CASES = [
     pytest.param("experiments.train", ["--config=configs/default.py", "--workdir={W}", "--config.model.num_headz=4"],
                  ["--config.model.num_headz", "did you mean --config.model.num_heads"], id="train-unknown-key"),
     pytest.param("experiments.train", ["--config=configs/default.py", "--workdir={W}", "--config.train.steps=abc"],
-                 ["--config.train.steps=abc", "int"], id="train-bad-type"),
+                 ["--config.train.steps=abc", "int"], id="train-bad-type", marks=SLOW),
     pytest.param("experiments.train", ["--config=configs/nope.py", "--workdir={W}"],
                  ["--config=configs/nope.py", "no such file"], id="train-missing-config-file"),
     pytest.param("experiments.train", ["--config={S}", "--workdir={W}"], ["--config=", "syntax error", "line 2"],
-                 id="train-config-syntax-error"),
+                 id="train-config-syntax-error", marks=SLOW),
     pytest.param("experiments.evaluate", [], ["--workdir is required"], id="evaluate-no-workdir"),
     pytest.param("experiments.train", ["--config=configs/default.py"], ["--workdir", "required"],
                  id="train-no-workdir", marks=SLOW),

@@ -214,6 +214,7 @@ def test_tensor_parallel_size_must_divide_heads(tmp_path):
   assert any(e.startswith("model.num_heads") and "tensor=4" in e for e in errors), errors
 
 
+@pytest.mark.slow  # runs the train command (a JAX start, ~3 s)
 def test_cli_rejects_bad_config_with_status_2_and_keeps_the_workdir(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
