@@ -146,15 +146,11 @@ class PopulationTraining:
     return [summarize_eval({k: float(v[i]) for k, v in totals.items()}) for i in range(self.size)]
 
 
-def _stop_when_text(t: ConfigDict) -> str:
-  target = targets.parse_target(t.stop_when)
-  return "" if target is None else str(target)
-
-
 def _is_done(summary: dict | None, t: ConfigDict, size: int) -> bool:
   """Whether a workdir's summary is already this population's result: it completed train.steps, or every member
   stopped within them, under the same stop_when."""
-  if not summary or summary.get("stop_when", "") != _stop_when_text(t) or len(summary.get("members", ())) != size:
+  if (not summary or summary.get("stop_when", "") != targets.canonical(t.stop_when)
+      or len(summary.get("members", ())) != size):
     return False
   if summary.get("status") == "completed":
     return summary.get("step") == t.steps
@@ -298,7 +294,7 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
   Raises:
     ConfigError: member_dirs is not one directory per member, or the checkpoint is past train.steps.
   """
-  from experiments.runner import steps_in_call  # pylint: disable=g-import-not-at-top  (the runner imports this)
+  from experiments.runner import run_facts, steps_in_call  # pylint: disable=g-import-not-at-top  (the runner imports this)
 
   t = config.train
   size = population.size_of(config)
@@ -402,14 +398,7 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
         "step": int(trained_steps[i]),
         "final": {**logs.last_train[i], **logs.evals[i].last},
         "best": logs.evals[i].best,
-        "parameters": counts["total"],
-        "flops_per_token": flops_token,
-        "peak_flops": peak_flops,
-        "peak_flops_source": peak_source,
-        "wall_time_sec": time.time() - start_time,
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        "stop_when": _stop_when_text(t),
+        **run_facts(counts, flops_token, peak_flops, peak_source, start_time, t),
         "population": os.path.abspath(workdir),
         "member": i,
     }
@@ -421,6 +410,7 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
     summaries.append(summary)
   logs.close()
   result = {"status": stop_reason, "step": step, "member_dirs": [os.path.abspath(d) for d in dirs],
-            "members": summaries, "stop_when": _stop_when_text(t), "wall_time_sec": time.time() - start_time}
+            "members": summaries, "stop_when": targets.canonical(t.stop_when),
+            "wall_time_sec": time.time() - start_time}
   write_json(os.path.join(workdir, SUMMARY_FILE), result)
   return result

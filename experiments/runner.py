@@ -131,16 +131,19 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
     return _run(config, workdir, data, progress, start_time, on_evaluation, eval_lines)
 
 
-def _stop_when_text(t: ConfigDict) -> str:
-  """The canonical text of train.stop_when (validated), "" without a target: what summaries record."""
-  target = targets.parse_target(t.stop_when)
-  return "" if target is None else str(target)
+def run_facts(counts: dict[str, int], flops_token: float, peak_flops: float, peak_source: str, start_time: float,
+              t: ConfigDict) -> dict[str, Any]:
+  """What every summary (a run's, a population member's) records besides its result: the model's size and FLOPs,
+  the device peak, the wall time since start_time, the devices and processes, and the canonical target."""
+  return {"parameters": counts["total"], "flops_per_token": flops_token, "peak_flops": peak_flops,
+          "peak_flops_source": peak_source, "wall_time_sec": time.time() - start_time,
+          "devices": jax.device_count(), "processes": jax.process_count(), "stop_when": targets.canonical(t.stop_when)}
 
 
 def _is_done(summary: dict | None, t: ConfigDict) -> bool:
   """Whether a workdir's summary is already the result of a run with these train settings: it completed
   train.steps, or reached its target within them, under the same stop_when (older summaries have none)."""
-  if not summary or summary.get("stop_when", "") != _stop_when_text(t):
+  if not summary or summary.get("stop_when", "") != targets.canonical(t.stop_when):
     return False
   if summary.get("status") == "completed":
     return summary.get("step") == t.steps
@@ -335,14 +338,7 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
       "step": step,
       "final": {**train_log.last, **evals.last},
       "best": evals.best,
-      "parameters": counts["total"],
-      "flops_per_token": flops_token,
-      "peak_flops": peak_flops,
-      "peak_flops_source": peak_source,
-      "wall_time_sec": time.time() - start_time,
-      "devices": jax.device_count(),
-      "processes": jax.process_count(),
-      "stop_when": _stop_when_text(t),
+      **run_facts(counts, flops_token, peak_flops, peak_source, start_time, t),
   }
   if target is not None:
     summary["steps_to_target"] = steps_to_target

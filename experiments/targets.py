@@ -58,3 +58,9 @@ def parse_target(text: str) -> Target | None:
   if not math.isfinite(threshold):
     raise ValueError(f"the threshold {threshold_text!r} must be a finite number")
   return Target(metric, op, threshold)
+
+
+def canonical(text: str) -> str:
+  """The canonical text of a (valid) train.stop_when, "" without a target: what summaries record and compare."""
+  target = parse_target(text)
+  return "" if target is None else str(target)
