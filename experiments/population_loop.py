@@ -19,7 +19,7 @@ import logging
 import os
 import time
 import types
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -281,7 +281,8 @@ class MemberLogs:
 
 
 def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, start_time: float,
-        member_dirs: list[str] | None, eval_lines: bool = False) -> dict[str, Any]:
+        member_dirs: list[str] | None, eval_lines: bool = False,
+        on_member_evaluation: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the population of a resolved, validated config in a locked workdir; returns its summary.
 
   The summary (also workdir/summary.json) has the population's `status` ("completed": train.steps ran;
@@ -289,7 +290,8 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
   `member_dirs` and `members`: each member's summary as its directory's summary.json holds it, a single run's
   with the status "completed", "reached_target" (with steps_to_target), "diverged" (with diverged_at: its state
   is that of the step before) or the population's signal. With eval_lines, each evaluation prints one line per
-  member it evaluated (terminal.eval_line), through the progress bar.
+  member it evaluated (terminal.eval_line), through the progress bar, and on_member_evaluation (if given) is
+  called with each member evaluated, the step and its metrics.
 
   Raises:
     ConfigError: member_dirs is not one directory per member, or the checkpoint is past train.steps.
@@ -359,6 +361,8 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
           evaluated = np.flatnonzero(logs.active)
           member_metrics = training.evaluate(state.params, evaluation)
           logs.evaluated(step, member_metrics, target)
+          for i in evaluated if on_member_evaluation is not None else []:
+            on_member_evaluation(int(i), step, member_metrics[i])
           for i in evaluated if eval_lines else []:
             terminal.say(terminal.eval_line(step, t.steps, member_metrics[i],
                                             logs.last_train[i].get("perf/tokens_per_sec"), time.time() - start_time,

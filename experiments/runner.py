@@ -57,7 +57,9 @@ class EvalRecord:
 
 def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
                        on_evaluation: Callable[[int, dict[str, float]], bool] | None = None,
-                       member_dirs: list[str] | None = None, eval_lines: bool = False) -> dict[str, Any]:
+                       member_dirs: list[str] | None = None, eval_lines: bool = False,
+                       on_member_evaluation: Callable[[int, int, dict[str, float]], None] | None = None
+                       ) -> dict[str, Any]:
   """Runs (or resumes) the training a config describes and returns the final summary (also in summary.json).
 
   The summary's `status` says why the run ended at its `step`, each way with a checkpoint of that step:
@@ -83,7 +85,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
     on_evaluation: called on process 0 after every evaluation of the loop, after the target check, with the step
       and the eval metrics; True ends the run there, checkpointed, with status "pruned" (unless the target was
       met there too, or the step was the last one: then the run reached its target or completed anyway). On
-      several processes its answer on process 0 holds for all.
+      several processes its answer on process 0 holds for all. A population takes none (its members are not
+      pruned).
+    member_dirs: a population's member directories (see population_loop.run).
+    on_member_evaluation: a population's: called after every evaluation with each member it evaluated, the step
+      and that member's eval metrics (a sweep reports them to the member's trial).
 
   Raises:
     ConfigError: the config is invalid, or its model or data differ from the run saved in the workdir; both are
@@ -118,7 +124,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, progress: bool = False,
     if size > 1:
       from experiments import population_loop  # pylint: disable=g-import-not-at-top  (it imports this module)
 
-      return population_loop.run(config, workdir, data, progress, start_time, member_dirs, eval_lines)
+      return population_loop.run(config, workdir, data, progress, start_time, member_dirs, eval_lines,
+                                 on_member_evaluation)
     finished = read_json(os.path.join(workdir, SUMMARY_FILE))
     if _is_done(finished, config.train):
       if finished["status"] == "completed":

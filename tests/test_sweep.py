@@ -212,7 +212,7 @@ def _claimed_trial(s: ConfigDict, sweepdir: str, worker: str, started: float) ->
   os.makedirs(sweepdir, exist_ok=True)
   study = studies.open_study(s, studies.default_storage(sweepdir))
   trial = study.ask()
-  trials._suggest(trial, s)  # pylint: disable=protected-access  (the parameters as a worker asks for them)
+  studies.suggest(trial, s)  # the parameters as a worker asks for them
   point = space.trial_id(s, space.overrides_of(s, trial.params))
   trial.set_user_attr("trial_id", point)
   os.makedirs(os.path.join(sweepdir, "trials", point))

@@ -167,7 +167,7 @@ def test_a_running_first_replicate_has_its_siblings_queued_at_once_only_without_
 
 
 @pytest.mark.slow
-def test_a_trained_sweep_of_two_points_by_three_seeds_reports_each_point_with_its_interval(tfds_data_dir, tmp_path):
+def test_a_trained_sweep_of_2_points_by_3_seeds_gives_points_with_intervals_vectorised_or_not(tfds_data_dir, tmp_path):
   s = tiny_sweep(tfds_data_dir, values=(1, 2))
   s.replicates = 3
   s.fixed.train.eval_every = 1
@@ -190,6 +190,20 @@ def test_a_trained_sweep_of_two_points_by_three_seeds_reports_each_point_with_it
     assert float(point["final eval/loss high"]) == pytest.approx(losses.mean() + half, rel=1e-6)
     assert point["reached"] == "3" and point["median steps to target"] == "1"
   assert {"points.csv", "points.md", "eval_curves.png", "steps_to_target.png"} <= set(written["files"])
+  # The same sweep vectorised: one population per point, each member its own trial, the same points.
+  s.vectorize = True
+  vectorised = tmp_path / "vectorised"
+  assert engine.run(s, str(vectorised)) == {"COMPLETE": 6}
+  assert len(os.listdir(vectorised / "populations")) == 2
+  assert all(list(t.intermediate_values) == [1] for t in study_of(s, vectorised).trials)
+  report.report(str(vectorised))
+  with open(vectorised / "points.csv", encoding="utf-8") as f:
+    vectorised_points = list(csv.DictReader(f))
+  assert [p["point"] for p in vectorised_points] == [p["point"] for p in points]
+  for single, member in zip(points, vectorised_points):
+    assert (member["n"], member["reached"], member["median steps to target"]) == ("3", "3", "1")
+    for column in ("final eval/loss mean", "final eval/loss low", "final eval/loss high"):
+      assert float(member[column]) == pytest.approx(float(single[column]), rel=1e-5)
 
 
 def test_the_progress_line_counts_trials_and_estimates_the_time_left():

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from configs.sweeps import common
-from experiments.sweeps import space, studies, trials
+from experiments.sweeps import space, studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -35,7 +35,7 @@ def _draw(sweep, objective=None, worker_index: int = 0, n: int = TRIALS) -> list
   drawn = []
   for _ in range(n):
     trial = study.ask()
-    overrides = space.overrides_of(sweep, trials._suggest(trial, sweep))  # pylint: disable=protected-access
+    overrides = space.overrides_of(sweep, studies.suggest(trial, sweep))
     study.tell(trial, objective(overrides) if objective else 0.0)
     drawn.append(overrides)
   return drawn

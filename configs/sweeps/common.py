@@ -30,6 +30,12 @@ def sweep_config(name: str) -> config_dict.ConfigDict:
   # Stops unpromising random/tpe trials at an evaluation: none | median | successive_halving (Optuna's pruners).
   # A point's other replicates are queued once its first one ended unpruned: pruned whole or not at all.
   c.pruner = "none"
+  # Trains the trials that differ only in train.seed and the optimizer's learning_rate, weight_decay or
+  # warmup_steps (a point's replicates, a learning-rate grid) as one population, one compiled step for all
+  # (experiments/population.py), at most max_population to one; each stays a trial of its own in the study and
+  # the report. Not with a pruner: a population's members train to the end together.
+  c.vectorize = False
+  c.max_population = 16
   c.seed = 0  # sampler seed (random/tpe draws, offset per worker); a grid runs point after point, in order
   c.workers = 1  # default --workers: trials in parallel processes on one machine
   return c

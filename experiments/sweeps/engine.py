@@ -1,7 +1,8 @@
 """Runs a sweep: validates every trial, then workers ask the study for trials and run them until it is covered.
 
 One worker runs in this process, or several in spawned processes that die with it (host.die_with_parent); they
-take trials one at a time under a lock in SWEEPDIR (`studies.queue_lock`) and run each to its end (trials.run_trial).
+take trials one at a time under a lock in SWEEPDIR (`studies.queue_lock`) and run each to its end (trials.run_trial),
+or with `vectorize` a population of trials at a time (studies.ask_population, trials.run_population).
 What makes a rerun of the same sweep safe is told where users read it, in the command's docstring
 (experiments/sweep.py).
 """
@@ -70,13 +71,17 @@ def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int =
         if idle > max_idle:  # every trial asked for lately was done already: the sampler has nothing new
           logging.warning("worker %d: %d trials in a row were already done; stopping", worker_index, idle)
           break
-        trial = study.ask()
-      trial_dir = trials.run_trial(study, trial, sweep, sweepdir)
-      if trial_dir is None:
+        group = studies.ask_population(study, sweep) if space.vectorized(sweep) else [study.ask()]
+      if space.vectorized(sweep):
+        trial_dirs = trials.run_population(study, group, sweep, sweepdir)
+      else:
+        trial_dirs = [d for d in [trials.run_trial(study, group[0], sweep, sweepdir)] if d is not None]
+      if not trial_dirs:
         idle += 1
         continue
-      trained, idle = trained + 1, 0
-      print(trial_line(trial_dir, sweep.metric), file=sys.stderr, flush=True)
+      trained, idle = trained + len(trial_dirs), 0
+      for trial_dir in trial_dirs:
+        print(trial_line(trial_dir, sweep.metric), file=sys.stderr, flush=True)
       print(progress_line(studies.sweep_progress(study, sweep), sweep.name), file=sys.stderr, flush=True)
   except trials.Interrupted as error:
     logging.warning("worker %d stopped: %s; rerun the same command to resume", worker_index, error)
@@ -108,8 +113,8 @@ def trial_line(trial_dir: str, metric: str) -> str:
 def progress_line(progress: dict, name: str) -> str:
   """The sweep's progress: trials ended of planned, failed, running, and a time left from the mean trial so far.
 
-  The time left assumes that the trials running and the one this worker takes next go on in parallel, each at the
-  mean wall time of the trials ended so far.
+  The time left assumes that the runs going on (a population is one run) and the one this worker takes next go on
+  in parallel, sharing the trials left, each trial at the mean wall time of the trials ended so far.
   """
   line = f"sweep {name}: {progress['done']}/{progress['planned']} trials ended"
   if progress["failed"]:
@@ -117,7 +122,8 @@ def progress_line(progress: dict, name: str) -> str:
   line += f", {progress['running']} running"
   left = progress["planned"] - progress["done"]
   if progress["mean_wall_sec"] and left > 0:
-    seconds = progress["mean_wall_sec"] * left / min(progress["running"] + 1, left)
+    parallel = progress.get("running_groups", progress["running"]) + 1
+    seconds = progress["mean_wall_sec"] * left / min(parallel, left)
     line += f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
   return line
 

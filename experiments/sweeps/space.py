@@ -28,6 +28,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from experiments import population
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "successive_halving")
@@ -152,6 +154,59 @@ def pruner_name(sweep: ConfigDict) -> str:
   return sweep.get("pruner", "none")
 
 
+def vectorized(sweep: ConfigDict) -> bool:
+  """Whether trials that differ only in vectorisable paths train together as one population (`vectorize`)."""
+  return bool(sweep.get("vectorize", False))
+
+
+def max_population(sweep: ConfigDict) -> int:
+  return int(sweep.get("max_population", 16))
+
+
+def population_key(overrides: dict[str, Any]) -> str:
+  """What the trials of one population share: a trial's overrides (a replicate's, seed included) without the
+  paths a population varies per member (population.VECTORISABLE), as text."""
+  shared = {path: value for path, value in overrides.items() if path not in population.VECTORISABLE}
+  return json.dumps(shared, sort_keys=True, default=str)
+
+
+def population_config(sweep: ConfigDict, members: list[tuple[dict[str, Any], int]]) -> ConfigDict:
+  """The run config of a population whose member i is trial (params, replicate) members[i] of the sweep.
+
+  Every member's seed is listed, and each other vectorisable path whose members' values differ, so that
+  population.member_config(config, i) is trial i's own run config with population.size 1.
+
+  Raises:
+    ValueError: the trials differ in a path a population cannot vary (they have different population_keys).
+  """
+  configs = [trial_config(sweep, params, replicate) for params, replicate in members]
+  keys = {population_key(replicate_overrides(sweep, overrides_of(sweep, params), replicate))
+          for params, replicate in members}
+  if len(keys) > 1:
+    raise ValueError(f"population_config: the trials differ in more than {', '.join(population.VECTORISABLE)}")
+  config = ConfigDict(configs[0].to_dict())
+  config.population.size = len(configs)
+  listed: dict[str, dict[str, list[Any]]] = {}
+  for path in population.VECTORISABLE:
+    section, key = path.split(".")
+    values = [member[section][key] for member in configs]
+    if path == REPLICATE_SEED or len(set(values)) > 1:
+      listed.setdefault(section, {})[key] = values
+  config.population.member_values = ConfigDict(listed, type_safe=False)
+  return config
+
+
+def populations(sweep: ConfigDict, trials: list[tuple[dict[str, Any], int]]) -> list[list[tuple[dict[str, Any], int]]]:
+  """The trials (params, replicate) grouped as a vectorised sweep trains them: by population_key, in the order
+  of each key's first trial, at most max_population to a group."""
+  by_key: dict[str, list[tuple[dict[str, Any], int]]] = {}
+  for params, replicate in trials:
+    by_key.setdefault(population_key(replicate_overrides(sweep, overrides_of(sweep, params), replicate)),
+                      []).append((params, replicate))
+  size = max_population(sweep)
+  return [group[start:start + size] for group in by_key.values() for start in range(0, len(group), size)]
+
+
 @functools.lru_cache(maxsize=8)
 def _config_file_seed(spec: str, modified: float) -> int:
   del modified  # part of the cache key only: an edited base file is read again
@@ -245,6 +300,19 @@ def check_sweep(sweep: ConfigDict) -> list[str]:
   elif pruner != "none" and sweep.sampler == "grid":
     errors.append(f"pruner={pruner!r} needs sampler 'random' or 'tpe': a grid runs every point to its end; "
                   "set pruner='none'")
+  vectorize = sweep.get("vectorize", False)
+  if not isinstance(vectorize, bool):
+    errors.append(f"vectorize={vectorize!r}: give True (train trials that differ only in "
+                  f"{', '.join(population.VECTORISABLE)} as one population) or False")
+  elif vectorize and pruner in PRUNERS and pruner != "none":
+    errors.append(f"pruner={pruner!r} with vectorize=True: a population's members train together to the end, "
+                  "so none can be pruned alone; set pruner='none' or vectorize=False")
+  size = sweep.get("max_population", 16)
+  if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    errors.append(f"max_population={size!r}: give the most trials one population trains, an integer >= 1")
+  if any(path.startswith("population.") for e in entries for path in e.get("paths", [e.get("path", "")])):
+    errors.append("parameters: a path in population.* is set by the sweep itself; vary the member's paths "
+                  f"({', '.join(population.VECTORISABLE)}) with vectorize=True instead")
   return errors
 
 
@@ -282,4 +350,25 @@ def validate_trials(sweep: ConfigDict, device_count: int | None = None) -> list[
     if message and message not in seen:
       seen.add(message)
       errors.append(message)
+  if vectorized(sweep) and not errors:
+    errors.extend(_population_errors(sweep, points, validation, device_count))
+  return errors
+
+
+def _population_errors(sweep: ConfigDict, points: list[dict[str, Any]], validation: Any,
+                       device_count: int | None) -> list[str]:
+  """Problems of the populations a vectorised sweep trains its points' replicates in, one line each."""
+  base_size = apply(load_config_file(sweep.base), flatten(sweep.fixed)).population.size
+  if base_size != 1:
+    return [f"population.size={base_size} in the base or fixed: a vectorised sweep makes its populations itself "
+            "(at most max_population trials each); leave population.size at 1"]
+  trials = [(params, r) for params in points for r in range(replicates(sweep))]
+  errors = []
+  for group in populations(sweep, trials):
+    config = population_config(sweep, group)
+    name = slug(replicate_overrides(sweep, overrides_of(sweep, group[0][0]), group[0][1]))
+    for line in validation.validate(config, device_count=device_count, process_count=1):
+      message = f"population of {len(group)} trials from {name}: {line}"
+      if message not in errors:
+        errors.append(message)
   return errors

@@ -97,6 +97,62 @@ def open_study(sweep: ConfigDict, storage_url: str, worker_index: int = 0) -> op
   return study
 
 
+def suggest(trial: optuna.Trial, sweep: ConfigDict) -> dict[str, Any]:
+  """Asks the sampler for every parameter (a queued trial gets its own); returns the Optuna params."""
+  for entry in space.parameters(sweep):
+    name = space.entry_name(entry)
+    if "values" in entry:
+      trial.suggest_categorical(name, [space.encode(entry, v) for v in entry["values"]])
+    elif entry.get("int"):
+      trial.suggest_int(name, entry["low"], entry["high"], log=bool(entry.get("log")))
+    else:
+      trial.suggest_float(name, entry["low"], entry["high"], log=bool(entry.get("log")))
+  return dict(trial.params)
+
+
+def _queued_key(sweep: ConfigDict, frozen: optuna.trial.FrozenTrial) -> str | None:
+  """The population_key of a queued trial (None: one queued without parameters)."""
+  params = frozen.system_attrs.get("fixed_params")
+  if not params or len(params) != len(space.parameters(sweep)):
+    return None
+  overrides = space.overrides_of(sweep, params)
+  return space.population_key(space.replicate_overrides(sweep, overrides, frozen.user_attrs.get("replicate", 0)))
+
+
+def ask_population(study: optuna.Study, sweep: ConfigDict) -> list[optuna.Trial]:
+  """The trials of the next population of a vectorised sweep: a trial asked as `study.ask()` would, then the
+  queued ones that share its population_key, oldest first, up to max_population.
+
+  A point a random or TPE sampler chose queues its other replicates here, to train with it. Call it under
+  `queue_lock`, after `finished` queued what the sweep needs.
+  """
+  first = study.ask()
+  params = suggest(first, sweep)
+  replicate = int(first.user_attrs.get("replicate", 0))
+  overrides = space.overrides_of(sweep, params)
+  key = space.population_key(space.replicate_overrides(sweep, overrides, replicate))
+  if sweep.sampler != "grid" and "planned" not in first.user_attrs:  # a point the sampler chose just now
+    taken = {t.user_attrs.get("planned") for t in study.get_trials(deepcopy=False)}
+    for r in range(1, space.replicates(sweep)):
+      if space.trial_id(sweep, space.replicate_overrides(sweep, overrides, r)) not in taken:
+        enqueue(study, sweep, params, r)
+  group = [first]
+  storage = study._storage  # pylint: disable=protected-access  (popping a chosen queued trial, as ask pops the first)
+  for frozen in storage.get_all_trials(study._study_id, deepcopy=False,  # pylint: disable=protected-access
+                                       states=(optuna.trial.TrialState.WAITING,)):
+    if len(group) == space.max_population(sweep):
+      break
+    if _queued_key(sweep, frozen) != key:
+      continue
+    try:
+      if not storage.set_trial_state_values(frozen._trial_id, state=optuna.trial.TrialState.RUNNING):
+        continue  # another process popped it first
+    except optuna.exceptions.UpdateFinishedTrialError:
+      continue
+    group.append(optuna.Trial(study, frozen._trial_id))  # pylint: disable=protected-access
+  return group
+
+
 def enqueue(study: optuna.Study, sweep: ConfigDict, params: dict[str, Any], replicate: int, **attrs: Any) -> None:
   """Queues replicate r of a point; its id is recorded (`planned`), so that a queued trial counts as planned."""
   planned = space.trial_id(sweep, space.replicate_overrides(sweep, space.overrides_of(sweep, params), replicate))
@@ -230,16 +286,20 @@ def finished(study: optuna.Study, sweep: ConfigDict) -> bool:
 
 
 def sweep_progress(study: optuna.Study, sweep: ConfigDict) -> dict[str, Any]:
-  """For the sweep's progress line: trials planned, done, failed, running, and the mean wall time of those done."""
+  """For the sweep's progress line: trials planned, done, failed, running (and the runs they are in: a population
+  is one), and the mean wall time of those done (a population member's: its share of the population's)."""
   state = optuna.trial.TrialState
   trials = study.get_trials(deepcopy=False)
   retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
   ended = [t for t in trials if _counts_as_done(t, retried)]
-  walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in ended
-           if t.datetime_complete and t.datetime_start and not t.user_attrs.get("reused")]
+  # A population's members end together after its wall time: each counts for its share of it.
+  walls = [(t.datetime_complete - t.datetime_start).total_seconds() / t.user_attrs.get("population_size", 1)
+           for t in ended if t.datetime_complete and t.datetime_start and not t.user_attrs.get("reused")]
+  running = [t for t in trials if t.state == state.RUNNING]
   return {"planned": planned_trials(sweep), "done": len(ended),
           "failed": sum(t.state == state.FAIL for t in ended),
-          "running": sum(t.state == state.RUNNING for t in trials),
+          "running": len(running),
+          "running_groups": len({t.user_attrs.get("population", t.number) for t in running}),
           "mean_wall_sec": sum(walls) / len(walls) if walls else None}
 
 

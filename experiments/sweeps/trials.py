@@ -9,6 +9,7 @@ and wall time of each attempt at training it, so that the report's wall time cov
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -109,19 +110,6 @@ def unfinished(study: optuna.Study, sweepdir: str) -> str | None:
   return "; ".join(parts) or None
 
 
-def _suggest(trial: optuna.Trial, sweep: ConfigDict) -> dict[str, Any]:
-  """Asks the sampler for every parameter; returns the Optuna params."""
-  for entry in space.parameters(sweep):
-    name = space.entry_name(entry)
-    if "values" in entry:
-      trial.suggest_categorical(name, [space.encode(entry, v) for v in entry["values"]])
-    elif entry.get("int"):
-      trial.suggest_int(name, entry["low"], entry["high"], log=bool(entry.get("log")))
-    else:
-      trial.suggest_float(name, entry["low"], entry["high"], log=bool(entry.get("log")))
-  return dict(trial.params)
-
-
 def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweepdir: str) -> str | None:
   """Runs one asked trial to its end and tells the study; returns its directory if it trained, else None.
 
@@ -132,49 +120,23 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
   Raises:
     Interrupted: a signal stopped the training (checkpoint saved, trial requeued).
   """
-  params = _suggest(trial, sweep)
-  replicate = int(trial.user_attrs.get("replicate", 0))
-  point_overrides = space.overrides_of(sweep, params)
-  overrides = space.replicate_overrides(sweep, point_overrides, replicate)
-  point, trial_name = space.trial_id(sweep, point_overrides), space.trial_id(sweep, overrides)
-  trial_dir = os.path.join(sweepdir, "trials", trial_name)
+  member = _Member(trial, sweep, sweepdir)
+  trial_name, trial_dir, replicate = member.name, member.dir, member.replicate
   with claim(trial_dir) as owned:
-    if not owned:  # another live process trains this trial (a race of two workers on one grid point)
-      if _stored(study, trial).user_attrs.get("trial_id") == trial_name:
-        return None  # this very trial, popped twice: its owner tells the study
-      trial.set_user_attr("duplicate_of", trial_name)
-      study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    if not member.take(study, owned, sweep):
       return None
-    # trial_id only under the lock: recover_stale relies on this order
-    for key, value in (("replicate", replicate), ("point", point), ("trial_id", trial_name),
-                       ("overrides", json.loads(json.dumps(overrides, default=str)))):
-      trial.set_user_attr(key, value)
-    reported = _report_logged(trial, trial_dir, sweep.metric)
-    summary = read_json(os.path.join(trial_dir, SUMMARY_FILE))
-    if summary and summary.get("status") in FINISHED:  # trained before (e.g. a study database was lost)
-      trial.set_user_attr("reused", True)
-      _tell(study, trial, summary, sweep.metric, trial_dir)
-      return None
-    attempts = (read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}).get("attempts") or []
-    _record(trial_dir, id=trial_name, point=point, replicate=replicate, replicates=space.replicates(sweep),
-            status="running", number=trial.number, params=params, overrides=overrides, metric=sweep.metric,
-            worker=f"{socket.gethostname()}:{os.getpid()}", error=None,
-            attempts=[*attempts, {"start": time.time()}])
     # The run (JAX, flax, orbax) is imported here, where a worker trains: the sweep command and its
     # bookkeeping do without it.
     from experiments import runner  # pylint: disable=g-import-not-at-top
 
     def on_evaluation(step: int, metrics: dict[str, float]) -> bool:
       """Reports the metric to the study; True (stop, pruned) when the pruner says so to a point's first replicate."""
-      value = metrics.get(sweep.metric)
-      if value is None or not math.isfinite(value) or step in reported:
+      if not member.report(step, metrics, sweep.metric):
         return False
-      trial.report(float(value), step)
-      reported.add(step)
       return replicate == 0 and space.pruner_name(sweep) != "none" and trial.should_prune()
 
     try:
-      config = space.trial_config(sweep, params, replicate)
+      config = space.trial_config(sweep, member.params, replicate)
       _record(trial_dir, seed=config.train.seed)
       summary = runner.train_and_evaluate(config, trial_dir, on_evaluation=on_evaluation)
     except KeyboardInterrupt:
@@ -202,6 +164,136 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
       raise Interrupted(f"trial {trial_name}: {summary['status']}")
     _tell(study, trial, summary, sweep.metric, trial_dir)
     return trial_dir
+
+
+class _Member:
+  """One asked trial of a sweep: its parameters, replicate, id and directory, and what its claim found."""
+
+  def __init__(self, trial: optuna.Trial, sweep: ConfigDict, sweepdir: str):
+    self.trial = trial
+    self.params = studies.suggest(trial, sweep)
+    self.replicate = int(trial.user_attrs.get("replicate", 0))
+    point_overrides = space.overrides_of(sweep, self.params)
+    self.overrides = space.replicate_overrides(sweep, point_overrides, self.replicate)
+    self.point, self.name = space.trial_id(sweep, point_overrides), space.trial_id(sweep, self.overrides)
+    self.dir = os.path.join(sweepdir, "trials", self.name)
+    self.reported: set[int] = set()
+
+  def take(self, study: optuna.Study, owned: bool, sweep: ConfigDict, **record: Any) -> bool:
+    """With the point's lock held (`owned`): records the trial as running and returns True; False when it is
+    not to be trained here (another live process holds it, or it was trained before: the study is told)."""
+    trial = self.trial
+    if not owned:  # another live process trains this trial (a race of two workers on one grid point)
+      if _stored(study, trial).user_attrs.get("trial_id") == self.name:
+        return False  # this very trial, popped twice: its owner tells the study
+      trial.set_user_attr("duplicate_of", self.name)
+      study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+      return False
+    # trial_id only under the lock: recover_stale relies on this order
+    for key, value in (("replicate", self.replicate), ("point", self.point), ("trial_id", self.name),
+                       ("overrides", json.loads(json.dumps(self.overrides, default=str)))):
+      trial.set_user_attr(key, value)
+    if "population" in record:  # the progress line counts a population's members as one trial's time
+      trial.set_user_attr("population", os.path.basename(record["population"]))
+      trial.set_user_attr("population_size", record["population_size"])
+    self.reported = _report_logged(trial, self.dir, sweep.metric)
+    summary = read_json(os.path.join(self.dir, SUMMARY_FILE))
+    if summary and summary.get("status") in FINISHED:  # trained before (e.g. a study database was lost)
+      trial.set_user_attr("reused", True)
+      _tell(study, trial, summary, sweep.metric, self.dir)
+      return False
+    attempts = (read_json(os.path.join(self.dir, TRIAL_FILE)) or {}).get("attempts") or []
+    _record(self.dir, id=self.name, point=self.point, replicate=self.replicate, replicates=space.replicates(sweep),
+            status="running", number=trial.number, params=self.params, overrides=self.overrides,
+            metric=sweep.metric, worker=f"{socket.gethostname()}:{os.getpid()}", error=None,
+            attempts=[*attempts, {"start": time.time()}], **record)
+    return True
+
+  def report(self, step: int, metrics: dict[str, float], metric: str) -> bool:
+    """Reports the metric at an evaluation as the trial's intermediate value; False if there was nothing new."""
+    value = metrics.get(metric)
+    if value is None or not math.isfinite(value) or step in self.reported:
+      return False
+    self.trial.report(float(value), step)
+    self.reported.add(step)
+    return True
+
+
+def run_population(study: optuna.Study, group: list[optuna.Trial], sweep: ConfigDict,
+                   sweepdir: str) -> list[str]:
+  """Trains asked trials that differ only in vectorisable paths (studies.ask_population) as one population and
+  tells the study each member's result; returns the directories of the trials it trained.
+
+  The population's own directory is SWEEPDIR/populations/<its members' ids, hashed>; each member writes what a
+  trial writes in its trial's directory, and its trial.json names the population. Trials that another process
+  holds or that were trained before are told (or left to their owner) and left out; a member that diverged fails
+  alone, as a single run's NaN does.
+
+  Raises:
+    Interrupted: a signal stopped the training (checkpoint saved, every member requeued).
+  """
+  members = [_Member(trial, sweep, sweepdir) for trial in group]
+  with contextlib.ExitStack() as claims:
+    owned = [claims.enter_context(claim(m.dir)) for m in members]
+    names = sorted(m.name for m in members)
+    population_dir = os.path.join(sweepdir, "populations",
+                                  hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12])
+    members = [m for m, held in zip(members, owned)
+               if m.take(study, held, sweep, population=population_dir, population_size=len(names))]
+    if not members:
+      return []
+    if len(members) < len(names):  # the population trains only the trials left: its directory says which
+      names = sorted(m.name for m in members)
+      population_dir = os.path.join(sweepdir, "populations",
+                                    hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12])
+      for m in members:
+        _record(m.dir, population=population_dir, population_size=len(members))
+    from experiments import runner  # pylint: disable=g-import-not-at-top  (JAX where a worker trains)
+
+    def on_member_evaluation(index: int, step: int, metrics: dict[str, float]) -> None:
+      members[index].report(step, metrics, sweep.metric)
+
+    try:
+      config = space.population_config(sweep, [(m.params, m.replicate) for m in members])
+      for m, seed in zip(members, config.population.member_values.train.seed):
+        _record(m.dir, seed=seed)
+      result = runner.train_and_evaluate(config, population_dir, member_dirs=[m.dir for m in members],
+                                         on_member_evaluation=on_member_evaluation)
+    except KeyboardInterrupt:
+      _requeue_all(study, sweep, sweepdir, members, "KeyboardInterrupt")
+      raise Interrupted(f"population of {', '.join(m.name for m in members)} interrupted") from None
+    except Exception as error:  # pylint: disable=broad-except  (a failed population fails its trials, not the sweep)
+      message = f"{type(error).__name__}: {error}".strip()
+      logging.error("population of %d trials (%s...) failed: %s", len(members), members[0].name, message)
+      for m in members:
+        m.trial.set_user_attr("error", message[:4000])
+        study.tell(m.trial, state=optuna.trial.TrialState.FAIL)
+        _end_attempt(m.dir, time.time(), status="failed", error=message)
+      return [m.dir for m in members]
+    end = time.time()
+    if result["status"] not in ("completed", "all_stopped"):  # stopped by a signal: checkpoint saved
+      _requeue_all(study, sweep, sweepdir, members, result["status"])
+      raise Interrupted(f"population of {len(members)} trials: {result['status']}")
+    for m, summary in zip(members, result["members"]):
+      _end_attempt(m.dir, end)
+      if summary["status"] == "diverged":
+        message = (f"NonFiniteLoss: the training loss or gradient became NaN or infinite at step "
+                   f"{summary['diverged_at']} (a member of a population; the others trained on)")
+        m.trial.set_user_attr("error", message)
+        study.tell(m.trial, state=optuna.trial.TrialState.FAIL)
+        _record(m.dir, status="failed", error=message)
+      else:
+        _tell(study, m.trial, summary, sweep.metric, m.dir)
+    return [m.dir for m in members]
+
+
+def _requeue_all(study: optuna.Study, sweep: ConfigDict, sweepdir: str, members: list[_Member], reason: str) -> None:
+  end = time.time()
+  with studies.queue_lock(sweepdir):
+    for m in members:
+      studies.requeue(study, sweep, _stored(study, m.trial), reason)
+  for m in members:
+    _end_attempt(m.dir, end, status="interrupted")
 
 
 def _report_logged(trial: optuna.Trial, trial_dir: str, metric: str) -> set[int]:
