@@ -1,0 +1,41 @@
+"""Capacity: recall accuracy against model width D, with 1 or 4 heads, on harder recall (as Zoology's MQAR figure).
+
+  python -m experiments.sweep --config=configs/sweeps/capacity.py --workdir=runs/capacity --workers=2
+
+On configs/default.py (2 layers, RoPE, K = D / H) with more pairs per sequence than its 4 in 32 tokens: here the
+differences are what a model of width D can hold, not how fast it gets there. As in Zoology, each point
+trains at a small grid of learning rates and the docs read the best of them per point; the learning rates
+and the replicate seeds of a point train as one population (`vectorize`). The grid is large, so a point has
+3 replicates, not 5.
+
+Scales: 'cpu' trains 16 pairs in 64 tokens at D in {16, 32, 64, 128} for CPU_STEPS steps (the whole study in
+about 20 minutes on a 2-core CPU); 'accel' adds D = 256 and 16 pairs in 128 tokens, 4 learning rates and 5
+replicates, with 4x the steps and data per step.
+"""
+
+from configs.sweeps import common
+
+VARIANTS = common.SCALES
+CPU_STEPS = 600
+
+
+def get_config(scale: str | None = None):
+  """The capacity sweep at `scale` ('cpu' or 'accel')."""
+  scale = common.check_scale(scale)
+  if scale == "cpu":
+    widths, settings, learning_rates, replicates = [16, 32, 64, 128], [[16, 16, 64]], [1e-3, 3e-3], 3
+  else:
+    widths, settings = [32, 64, 128, 256], [[8, 8, 64], [16, 16, 64], [16, 16, 128]]
+    learning_rates, replicates = [3e-4, 1e-3, 3e-3, 1e-2], 5
+  parameters = [
+      # (data.num_pairs, data.num_queries, data.seq_len): every key of a sequence is queried.
+      {"paths": ["data.num_pairs", "data.num_queries", "data.seq_len"], "values": settings},
+      {"path": "model.d_model", "values": widths},
+      {"path": "model.num_heads", "values": [1, 4]},
+      {"path": "optimizer.learning_rate", "values": learning_rates},
+  ]
+  c = common.recall_study("capacity", scale, CPU_STEPS, parameters)
+  c.replicates = replicates
+  c.vectorize = True
+  c.fixed.train.stop_when = "eval/accuracy>=0.99"
+  return c
