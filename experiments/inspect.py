@@ -45,7 +45,8 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
       "layers": flags.DEFINE_string("layers", "", "attention: comma list of layers to draw (default: all)."),
       "heads": flags.DEFINE_string("heads", "", "attention: comma list of heads to draw (default: all)."),
       "token": flags.DEFINE_string("token", None, "context: the word whose embedding is compared across prompts."),
-      "out": flags.DEFINE_string("out", None, "The PNG to write (default: DIR/inspect/<command>_step<S>.png)."),
+      "out": flags.DEFINE_string("out", None, "The PNG to write (default: DIR/inspect/<command>_step<S>.png; an "
+                                 "attention grid too big for one figure goes to OUT_1.png, OUT_2.png, ...)."),
   }
 
 
@@ -60,12 +61,19 @@ def _prepare_out(path: str) -> str:
   return path
 
 
+def part_paths(path: str, parts: int) -> list[str]:
+  """The PNG files of a grid in `parts` figures: `path` itself for one, else path_1.png, path_2.png, ..."""
+  if parts == 1:
+    return [path]
+  return [f"{path[:-len('.png')]}_{part}.png" for part in range(1, parts + 1)]
+
+
 def run_attention(workdir: str, prompt: str, layers: str = "", heads: str = "", out: str | None = None,
                   step: int | None = None) -> dict[str, Any]:
-  """`attention`: writes the PNG grid and the HTML page of a prompt's attention.
+  """`attention`: writes the PNG grids (one file per plots.figure_rows part) and the HTML page of a prompt's attention.
 
   Returns:
-    {"png", "html": the paths written, "step": the checkpoint's step, "figure": the PNG's figure (its panels
+    {"pngs", "html": the paths written, "step": the checkpoint's step, "figures": the PNGs' figures (their panels
     hold the arrays drawn), "weights_NHLM": the model's weights}.
   """
   model, params, step = checkpoint.load_model(workdir, step)
@@ -77,7 +85,7 @@ def run_attention(workdir: str, prompt: str, layers: str = "", heads: str = "", 
   title = f"Attention of {os.path.basename(os.path.normpath(workdir))} at step {step} (mask: {c.mask})"
   weights_NHLM = np.asarray(forward_pass.forward(model, params, ids[None])["weights_NBHLM"][:, 0])
   allowed_LM, labels = forward_pass.allowed_matrix(model, len(ids)), list(tokenizer.token_strings(ids))
-  figure = plots.attention_figure(weights_NHLM, allowed_LM, labels, layer_list, head_list, title, note)
+  figures = plots.attention_figures(weights_NHLM, allowed_LM, labels, layer_list, head_list, title, note)
   shown = html_page.html_tokens(len(ids), len(layer_list) * len(head_list))
   html_note = note
   if shown < len(ids):
@@ -87,10 +95,12 @@ def run_attention(workdir: str, prompt: str, layers: str = "", heads: str = "", 
                         layer_list, head_list, title, html_note)
   png = _prepare_out(out or _default_out(workdir, "attention", step))
   html_path = png[:-len(".png")] + ".html"
-  plots.save(figure, png)
+  pngs = part_paths(png, len(figures))
+  for figure, path in zip(figures, pngs):
+    plots.save(figure, path)
   with open(html_path, "w", encoding="utf-8") as f:
     f.write(page)
-  return {"png": png, "html": html_path, "step": step, "figure": figure, "weights_NHLM": weights_NHLM}
+  return {"pngs": pngs, "html": html_path, "step": step, "figures": figures, "weights_NHLM": weights_NHLM}
 
 
 def run_heads(workdir: str, prompts: list[str] | None = None, out: str | None = None,
@@ -122,7 +132,7 @@ def run_heads(workdir: str, prompts: list[str] | None = None, out: str | None = 
   length, shortest, longest = head_scores.induction_layout(c.max_len)
   title = (f"Per-head scores of {name} at step {step} (induction: random blocks of {shortest}-{longest} tokens "
            f"repeated over {length}; control: fresh tokens)")
-  plots.save(plots.score_maps(scores, title, induction_heads_NH), png)
+  plots.save(plots.score_maps(scores, title, tokens_BL.shape[1], induction_heads_NH), png)
   return {"scores": scores, "induction_heads": induction_heads_NH,
           "table": tables.score_table(scores, induction_heads_NH), "png": png, "step": step}
 
@@ -180,7 +190,7 @@ def main(argv: list[str]) -> None:
       if len(prompts) != 1:
         raise ValueError(f"attention draws one --prompt; got {len(prompts)}")
       result = run_attention(f["workdir"], prompts[0], f["layers"], f["heads"], f["out"], f["step"])
-      print(f"step {result['step']}: wrote {result['png']} and {result['html']}")
+      print(f"step {result['step']}: wrote {', '.join(result['pngs'])} and {result['html']}")
     elif command == "heads":
       result = run_heads(f["workdir"], prompts, f["out"], f["step"])
       print(f"step {result['step']}\n{result['table']}\nwrote {result['png']}")

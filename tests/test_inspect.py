@@ -70,7 +70,8 @@ def panels(figure) -> dict[str, object]:
 def test_png_has_one_panel_per_layer_and_head_drawing_the_models_weights(trained, tmp_path):
   result = inspect.run_attention(trained, PROMPT, layers="0,1", heads="1", out=str(tmp_path / "a.png"))
   assert result["step"] == STEPS
-  drawn = panels(result["figure"])
+  [figure] = result["figures"]
+  drawn = panels(figure)
   assert sorted(drawn) == [plots.panel_label(0, 1), plots.panel_label(1, 1)]
   model, params, _ = checkpoint.load_model(trained)
   ids = np.asarray([int(t) for t in PROMPT.split()], np.int32)
@@ -82,7 +83,7 @@ def test_png_has_one_panel_per_layer_and_head_drawing_the_models_weights(trained
     np.testing.assert_allclose(image.filled(0.0), expected_NHLM[layer, 1], atol=1e-6)
     ax = drawn[plots.panel_label(layer, 1)]
     assert [t.get_text() for t in ax.get_xticklabels()] == PROMPT.split()
-  png = matplotlib.image.imread(result["png"])
+  png = matplotlib.image.imread(result["pngs"][0])
   assert png.ndim == 3 and png.shape[0] > 200
   with open(result["html"], encoding="utf-8") as f:
     assert "<script" in f.read()
@@ -93,8 +94,9 @@ def test_long_prompt_is_truncated_with_a_note(trained, tmp_path):
   long_prompt = " ".join(str(1 + i % 30) for i in range(40))  # the model's max_len is 24
   result = inspect.run_attention(trained, long_prompt, out=str(tmp_path / "long.png"))
   assert result["weights_NHLM"].shape[-1] == 24
-  assert "truncated" in result["figure"]._suptitle.get_text()
-  assert len(panels(result["figure"])) == 2 * 2  # all layers and heads by default
+  [figure] = result["figures"]
+  assert "truncated" in figure._suptitle.get_text()
+  assert len(panels(figure)) == 2 * 2  # all layers and heads by default
 
 
 @pytest.mark.slow
@@ -166,7 +168,7 @@ def test_a_text_run_is_inspected_in_words(tfds_data_dir, tmp_path):
   assert result["positions"] == [digging.index("mole") + 3, chemistry.index("mole") + 3, digging.index("mole") + 3]
   np.testing.assert_allclose(result["similarity_NXX"][:, 0, 2], 1.0, atol=1e-6)
   result = inspect.run_attention(workdir, digging, out=str(tmp_path / "mole_attention.png"))
-  ax = panels(result["figure"])[plots.panel_label(0, 0)]
+  ax = panels(result["figures"][0])[plots.panel_label(0, 0)]
   assert [t.get_text() for t in ax.get_yticklabels()][:5] == ["t", "h", "e", "␣", "m"]  # whitespace made visible
 
 
@@ -294,8 +296,8 @@ def test_every_mask_value_mode_and_grouped_heads(variant):
   np.testing.assert_allclose(weights_NBHLM.sum(-1), 1.0, atol=1e-5)
   scores = head_scores.head_scores(model, params, tokens_BL)
   assert all(s.shape == (2, 4) and np.isfinite(s).all() for s in scores.values())
-  figure = plots.attention_figure(weights_NBHLM[:, 0], allowed_LM, [str(t) for t in tokens_BL[0]], [1], [0, 2, 3],
-                                  "variant")
+  [figure] = plots.attention_figures(weights_NBHLM[:, 0], allowed_LM, [str(t) for t in tokens_BL[0]], [1],
+                                     [0, 2, 3], "variant")
   assert len(panels(figure)) == 3
   assert plots.to_image(figure).shape[-1] == 3  # it renders
 
@@ -312,10 +314,94 @@ def test_probe_prompt_list():
 
 def test_png_cuts_long_sequences_with_a_note():
   weights_NHLM = np.full((1, 1, 12, 12), 1 / 12)
-  figure = plots.attention_figure(weights_NHLM, np.ones((12, 12), bool), list("abcdefghijkl"), [0], [0], "t",
-                                  png_max_tokens=5)
+  [figure] = plots.attention_figures(weights_NHLM, np.ones((12, 12), bool), list("abcdefghijkl"), [0], [0], "t",
+                                     png_max_tokens=5)
   assert "first 5 of 12 tokens" in figure._suptitle.get_text()
   assert panels(figure)[plots.panel_label(0, 0)].images[0].get_array().shape == (5, 5)
+
+
+def test_png_panels_and_labels_keep_their_size_as_panels_grow(monkeypatch):
+  """More panels make more figures, never smaller panels or labels; every panel is drawn once.
+
+  A small FIGURE_MAX_INCHES makes 9 panels of 8 tokens need several figures (fast: few ticks to draw).
+  """
+  monkeypatch.setattr(plots, "FIGURE_MAX_INCHES", 8.0)
+
+  def grids(length, layers, heads):
+    weights_NHLM = np.full((layers, heads, length, length), 1 / length)
+    return plots.attention_figures(weights_NHLM, np.ones((length, length), bool), [f"t{i}" for i in range(length)],
+                                   list(range(layers)), list(range(heads)), "t")
+
+  def per_panel_inches(figure):
+    rows, columns = figure.axes[0].get_subplotspec().get_geometry()[:2]
+    return figure.get_size_inches() / (columns, rows)
+
+  [single] = grids(8, 1, 1)
+  many = grids(8, 3, 3)
+  assert len(many) > 1
+  drawn = [label for figure in many for label in panels(figure)]
+  assert drawn == [plots.panel_label(layer, head) for layer in range(3) for head in range(3)]  # each once, in order
+  for figure in many:
+    assert (figure.get_size_inches() <= 8.0).all()
+    assert "part" in figure._suptitle.get_text()
+    assert per_panel_inches(figure).min() >= 3.0  # 300 pixels a side, however many panels
+  [longest] = grids(plots.PNG_MAX_TOKENS, 1, 1)
+  for figure, length in [(single, 8), (longest, plots.PNG_MAX_TOKENS)] + [(figure, 8) for figure in many]:
+    for ax in panels(figure).values():
+      sizes = {label.get_fontsize() for label in ax.get_xticklabels() + ax.get_yticklabels()}
+      assert min(sizes) * 100 / 72 >= 9.0  # pixels at the 100 dpi of `save`
+    # Room per token along a panel: at least the labels' size, so neighbouring labels do not overlap.
+    assert per_panel_inches(figure).min() * 72 / length >= max(sizes)
+
+
+@pytest.mark.slow
+def test_training_probes_write_a_grid_too_big_for_one_figure_as_numbered_images(monkeypatch):
+  from ml_collections import ConfigDict
+
+  from experiments.data.tokenizers import ByteTokenizer
+  from experiments.inspection import training_probes
+
+  class Images:
+    enabled = True
+
+    def __init__(self):
+      self.tags = []
+
+    def write(self, step, metrics):
+      pass
+
+    def write_image(self, step, name, rgb_image):
+      assert rgb_image.ndim == 3 and rgb_image.shape[-1] == 3
+      self.tags.append(name)
+
+  monkeypatch.setattr(plots, "FIGURE_MAX_INCHES", 4.5)  # one panel of a short prompt per figure
+  model, params = untrained(ModelConfig(vocab_size=256, max_len=8, num_layers=2, d_model=8, num_heads=2))
+  config = ConfigDict({"inspect": {"probe_prompts": "a:b:", "layers": "", "heads": "1"}})
+  images = Images()
+  training_probes.TrainingProbes(config, model, ByteTokenizer()).write(3, params, images)
+  assert images.tags == ["attention/prompt0_part1", "attention/prompt0_part2"]  # layers 0 and 1 of head 1
+
+
+def test_head_score_maps_share_a_fixed_scale_per_kind_of_score():
+  """0.34 and 0.19 get different colours: weight scores on 0..1, entropy up to log L, distance up to L - 1."""
+  rng = np.random.default_rng(0)
+  scores = {name: rng.uniform(0.0, 0.1, (2, 3)) for name in head_scores.SCORE_TITLES}
+  scores["induction"][1, 2], scores["induction_control"][0, 1] = 0.34, 0.19
+  length = 16
+  figure = plots.score_maps(scores, "t", length)
+  maps = {ax.get_label()[len("scores "):]: ax.images[0] for ax in figure.axes if ax.get_label().startswith("scores ")}
+  assert list(maps) == list(head_scores.SCORE_TITLES)
+  limits = {name: (image.norm.vmin, image.norm.vmax) for name, image in maps.items()}
+  for name in ("previous_token", "induction", "induction_control"):
+    assert limits[name] == (0.0, 1.0)
+  assert limits["entropy"] == pytest.approx((0.0, np.log(length)))  # uniform attention over L keys
+  assert limits["distance"] == (0.0, length - 1.0)
+  assert limits["copying"] == (-1.0, 1.0)
+  assert not np.allclose(maps["induction"].to_rgba(0.34), maps["induction_control"].to_rgba(0.19))
+  halved = plots.score_maps({name: values / 2 for name, values in scores.items()}, "t", length)
+  assert [(ax.images[0].norm.vmin, ax.images[0].norm.vmax) for ax in halved.axes if ax.images] == list(limits.values())
+  meanings = {name: image.colorbar.ax.get_xlabel() for name, image in maps.items()}
+  assert "0 to 1" in meanings["induction"] and "nats" in meanings["entropy"] and "logit" in meanings["copying"]
 
 
 def test_big_models_get_a_page_of_bounded_size():

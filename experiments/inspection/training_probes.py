@@ -82,7 +82,7 @@ class TrainingProbes:
     return scalars, prompt_weights
 
   def write(self, step: int, params: Any, writer: Any) -> None:
-    """Measures and writes the scalars and one attention-grid image per prompt (process 0 writes)."""
+    """Measures and writes the scalars and the attention-grid images of each prompt (process 0 writes)."""
     scalars, prompt_weights = self.measure(params)
     writer.write(step, scalars)
     if not writer.enabled:
@@ -92,6 +92,10 @@ class TrainingProbes:
 
     for i, ((ids, labels, note), weights_NHLM) in enumerate(zip(self.prompts, prompt_weights)):
       allowed_LM = forward_pass.allowed_matrix(self.model, len(ids))
-      figure = plots.attention_figure(weights_NHLM, allowed_LM, labels, self.layers, self.heads,
-                                      f"prompt {i} at step {step}", note)
-      writer.write_image(step, f"attention/prompt{i}", plots.to_image(figure))
+      figures = plots.attention_figures(weights_NHLM, allowed_LM, labels, self.layers, self.heads,
+                                        f"prompt {i} at step {step}", note)
+      # One image per figure: a grid too big for one figure (plots.figure_rows) comes in parts.
+      tags = [f"attention/prompt{i}"] if len(figures) == 1 else [f"attention/prompt{i}_part{j + 1}"
+                                                                  for j in range(len(figures))]
+      for tag, figure in zip(tags, figures):
+        writer.write_image(step, tag, plots.to_image(figure))
