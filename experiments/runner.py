@@ -242,6 +242,7 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
   flops_token = flops_per_token(sharded.model_config, config.data.seq_len)
   peak_flops, peak_source = device_peak_flops(sharded.model_config.dtype)
   writer = MetricWriter(workdir, enabled=lead)
+  writer.write_config(first_step, config)
   bar = None
   if progress and lead:
     import tqdm  # pylint: disable=g-import-not-at-top
@@ -344,5 +345,7 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
     summary["steps_to_target"] = steps_to_target
   if lead:
     write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+  writer.write_hparams(step, config, [k for k in summary["final"] if k.startswith("eval/")], start_time,
+                       succeeded=stop_reason in ("completed", "reached_target"))
   writer.close()
   return summary
