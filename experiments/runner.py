@@ -215,7 +215,9 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
   try:
     # The data's own tokenizer, not the one saved in the workdir: every process has it, on any file system.
     tokenizer = data.tokenizer or tokenizers.TokenIds(sharded.model_config.vocab_size)
-    probes = training_probes.TrainingProbes(config, sharded.model, tokenizer, sharding.replicated(sharded.mesh))
+    # The default probe draws a built-in task's validation example (data without a tokenizer of their own).
+    probes = training_probes.TrainingProbes(config, sharded.model, tokenizer, sharding.replicated(sharded.mesh),
+                                            validation=data.validation if data.tokenizer is None else None)
   except ValueError as error:
     raise ConfigError(str(error)) from error
   iterator = training.new_iterator()
