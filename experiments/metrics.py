@@ -80,7 +80,7 @@ NOT_HPARAMS = ("data.data_dir", "data.manual_dir", "data.worker_count")
 
 
 def flat_config(config: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
-  """{"model": {"num_heads": 4}} -> {"model.num_heads": 4}, in the config's order."""
+  """{"model": {"num_heads": 4}} -> {"model.num_heads": 4} (a ConfigDict lists its keys sorted)."""
   flat = {}
   for key, value in config.items():
     if isinstance(value, (ConfigDict, dict)):
@@ -115,7 +115,8 @@ def hparams_summaries(hparams: dict[str, bool | int | float | str], metrics: lis
   their types and the metrics to compare), the session's start (this run's values) and, when it succeeded, its end.
 
   Built with tensorboard's own hparams summaries, which need no TensorFlow; the dashboard reads each metric's last
-  value from the run's scalars.
+  value from the run's scalars. A run stopped by a signal or pruned records no end: TensorBoard keeps a run's
+  first end, and a rerun may still finish it.
   """
   # Imported here, as tensorboardX is: only the writing process needs them.
   # pylint: disable=g-import-not-at-top
