@@ -119,7 +119,8 @@ def get_config() -> config_dict.ConfigDict:
   # Probes at each evaluation: attention grids as TensorBoard images, per-head scores as scalars.
   # Not type-checked (type_safe=False), so that probe_prompts takes one string or a tuple of strings.
   c.inspect = i = config_dict.ConfigDict(type_safe=False)
-  i.probe_prompts = ""  # a prompt, or a tuple of them, in the run's tokenizer ("" or (): no probes)
+  i.probe_prompts = ""  # a prompt, or a tuple of them, in the run's tokenizer: grids and scores ("" or (): none)
+  i.default_probe = True  # without probe_prompts: the grid of validation example 0 (built-in tasks; no populations)
   i.layers = ""  # comma list of the layers drawn in the grids ("" = all)
   i.heads = ""  # comma list of the heads drawn in the grids ("" = all)
 

@@ -1,5 +1,6 @@
 """Where metrics go: metrics.jsonl, TensorBoard and the progress bar, via the train log that keeps them on the
-devices between host syncs.
+devices between host syncs; and what TensorBoard records of the run itself: its config as text, its hparams for the
+HParams dashboard.
 
 Also the device peak that MFU divides by: a table for accelerators, a measured matmul peak on CPUs.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import ConfigDict
 
 from experiments.files import METRICS_FILE
 
@@ -69,6 +71,84 @@ def device_peak_flops(dtype: str) -> tuple[float, str]:
   return measure_matmul_peak(dtype) * jax.process_count(), f"measured {dtype} matmul"
 
 
+CONFIG_TEXT = "config"  # the TensorBoard text tag of the run's config (tensorboardX adds "/text_summary")
+# What the HParams dashboard compares runs by: the model, optimizer and data sections and these train keys; not
+# where the data's files are or how they are read.
+HPARAM_SECTIONS = ("model", "optimizer", "data")
+TRAIN_HPARAMS = ("train.seed", "train.steps", "train.batch_size")
+NOT_HPARAMS = ("data.data_dir", "data.manual_dir", "data.worker_count")
+
+
+def flat_config(config: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """{"model": {"num_heads": 4}} -> {"model.num_heads": 4} (a ConfigDict lists its keys sorted)."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, (ConfigDict, dict)):
+      flat.update(flat_config(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_text(config: ConfigDict) -> str:
+  """The config as `path = value` lines, indented four spaces: a Markdown code block in TensorBoard's text view."""
+  return "\n".join(f"    {path} = {value!r}" for path, value in flat_config(config).items())
+
+
+def hparams_of(config: ConfigDict) -> dict[str, bool | int | float | str]:
+  """The run's hparams for the HParams dashboard: numbers, booleans and strings as they are, None and anything else
+  as its text.
+
+  Every key of the chosen sections, unset ones too: the dashboard takes its list of hparams from the first run it
+  reads, so every run of a sweep must name the same ones.
+  """
+  chosen = {}
+  for path, value in flat_config(config).items():
+    if path in TRAIN_HPARAMS or (path.split(".")[0] in HPARAM_SECTIONS and path not in NOT_HPARAMS):
+      chosen[path] = value if isinstance(value, (bool, int, float, str)) else str(value)
+  return chosen
+
+
+def hparams_summaries(hparams: dict[str, bool | int | float | str], metrics: list[str], start_time: float,
+                      succeeded: bool) -> list[Any]:
+  """The HParams dashboard's records of one run, as tensorboardX Summary protos: the experiment (its hparams with
+  their types and the metrics to compare), the session's start (this run's values) and, when it succeeded, its end.
+
+  Built with tensorboard's own hparams summaries, which need no TensorFlow; the dashboard reads each metric's last
+  value from the run's scalars. A run stopped by a signal or pruned records no end: TensorBoard keeps a run's
+  first end, and a rerun may still finish it.
+  """
+  # Imported here, as tensorboardX is: only the writing process needs them.
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.compat.proto import summary_pb2
+  from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2
+  from tensorboardX.proto import summary_pb2 as tensorboardx_pb2
+  # pylint: enable=g-import-not-at-top
+
+  def typed(value: bool | int | float | str) -> int:
+    if isinstance(value, bool):
+      return api_pb2.DATA_TYPE_BOOL
+    return api_pb2.DATA_TYPE_STRING if isinstance(value, str) else api_pb2.DATA_TYPE_FLOAT64
+
+  def summary(tag: str, plugin_data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
+    pb = summary_pb2.Summary()
+    pb.value.add(tag=tag, metadata=metadata.create_summary_metadata(plugin_data), tensor=metadata.NULL_TENSOR)
+    return pb
+
+  # Types without domains: a domain would be this run's values only, and the dashboard's filters would hide the
+  # other runs' values.
+  experiment = api_pb2.Experiment(
+      hparam_infos=[api_pb2.HParamInfo(name=name, type=typed(value)) for name, value in hparams.items()],
+      metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics])
+  records = [summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+             summary_v2.hparams_pb(hparams, start_time_secs=start_time)]
+  if succeeded:
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+    records.append(summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end)))
+  # The same messages in tensorboardX's generated classes, which its writer takes.
+  return [tensorboardx_pb2.Summary.FromString(record.SerializeToString()) for record in records]
+
+
 def _torn(path: str) -> bool:
   """True when the file exists and its last line has no end (a kill in the middle of a write)."""
   if not os.path.exists(path) or not os.path.getsize(path):
@@ -112,6 +192,26 @@ class MetricWriter:
     """Records an RGB image (uint8, height x width x 3) in TensorBoard."""
     if self.enabled:
       self._tensorboard.add_image(name, rgb_image, int(step), dataformats="HWC")
+
+  def write_config(self, step: int, config: ConfigDict) -> None:
+    """Records the run's config as TensorBoard text at the step it starts from.
+
+    A resumed run records it again at the step it resumes from (TensorBoard keeps both steps): what changed on
+    the resume reads off the two.
+    """
+    if self.enabled:
+      self._tensorboard.add_text(CONFIG_TEXT, config_text(config), int(step))
+
+  def write_hparams(self, step: int, config: ConfigDict, metrics: list[str], start_time: float,
+                    succeeded: bool) -> None:
+    """Records the run's hparams (hparams_of) and the metric tags the HParams dashboard compares, at its last step.
+
+    TensorBoard keeps the first hparams a run's files hold: a resumed run that ends again changes nothing there,
+    while the metrics' values, its last scalars, follow the resumed run.
+    """
+    if self.enabled:
+      for record in hparams_summaries(hparams_of(config), metrics, start_time, succeeded):
+        self._tensorboard.file_writer.add_summary(record, int(step))
 
   def close(self) -> None:
     if self.enabled:

@@ -329,6 +329,8 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
   # perf/ metrics are a member's: its tokens per second of the population's wall time.
   throughput = Throughput(t.batch_size * config.data.seq_len, flops_token, peak_flops)
   logs = MemberLogs(dirs, first_step, tree, config.checkpoint, throughput)
+  for writer, member in zip(logs.writers, training.members):  # each member is a run of its own in TensorBoard
+    writer.write_config(first_step, member)
   state = TrainState(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], rng=tree["rng"])
   active = tree["active"]
   bar = None
@@ -411,6 +413,9 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
     if code == DIVERGED:
       summary["diverged_at"] = int(logs.stop_step[i])
     write_json(os.path.join(member_dir, SUMMARY_FILE), summary)
+    logs.writers[i].write_hparams(summary["step"], training.members[i],
+                                  [k for k in summary["final"] if k.startswith("eval/")], start_time,
+                                  succeeded=status in ("completed", "reached_target"))
     summaries.append(summary)
   logs.close()
   result = {"status": stop_reason, "step": step, "member_dirs": [os.path.abspath(d) for d in dirs],

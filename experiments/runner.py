@@ -222,7 +222,9 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
   try:
     # The data's own tokenizer, not the one saved in the workdir: every process has it, on any file system.
     tokenizer = data.tokenizer or tokenizers.TokenIds(sharded.model_config.vocab_size)
-    probes = training_probes.TrainingProbes(config, sharded.model, tokenizer, sharding.replicated(sharded.mesh))
+    # The default probe draws a built-in task's validation example (data without a tokenizer of their own).
+    probes = training_probes.TrainingProbes(config, sharded.model, tokenizer, sharding.replicated(sharded.mesh),
+                                            validation=data.validation if data.tokenizer is None else None)
   except ValueError as error:
     raise ConfigError(str(error)) from error
   iterator = training.new_iterator()
@@ -249,6 +251,7 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
   flops_token = flops_per_token(sharded.model_config, config.data.seq_len)
   peak_flops, peak_source = device_peak_flops(sharded.model_config.dtype)
   writer = MetricWriter(workdir, enabled=lead)
+  writer.write_config(first_step, config)
   bar = None
   if progress and lead:
     import tqdm  # pylint: disable=g-import-not-at-top
@@ -351,5 +354,7 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
     summary["steps_to_target"] = steps_to_target
   if lead:
     write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+  writer.write_hparams(step, config, [k for k in summary["final"] if k.startswith("eval/")], start_time,
+                       succeeded=stop_reason in ("completed", "reached_target"))
   writer.close()
   return summary

@@ -306,6 +306,9 @@ def _inspect_errors(section: ConfigDict, model: ModelConfig | None) -> list[str]
     parsing.prompt_list(section.probe_prompts)
   except ValueError as error:
     errors.append(str(error))
+  default_probe = section.get("default_probe", False)
+  if not isinstance(default_probe, bool):
+    errors.append(f"inspect.default_probe={default_probe!r} must be True or False")
   for name, count in (("layers", model.num_layers if model else None), ("heads", model.num_heads if model else None)):
     value = section[name]
     if not isinstance(value, str):

@@ -26,6 +26,7 @@ from experiments.evaluate import evaluate
 from experiments.files import CONFIG_FILE, SUMMARY_FILE, read_metrics
 from experiments.optimizer import learning_rate_schedule, traced_learning_rate_schedule
 from experiments.runner import train_and_evaluate
+from tests.helpers import tensorboard_files
 from tests.helpers.tiny_config import tiny_config
 
 STEPS = 6
@@ -178,6 +179,18 @@ def test_a_population_of_four_trains_as_the_four_single_runs(four):
     assert set(single_state) == set(state) - {"['active']", "['stop_code']", "['stop_step']"}
     for name, value in single_state.items():
       np.testing.assert_allclose(state[name][i], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_each_member_is_a_tensorboard_run_with_its_single_runs_hparams_and_config_text(four):
+  learning_rates = set()
+  for i, single in enumerate(four["singles"]):
+    member = tensorboard_files.read_run(population.member_workdir(four["population"], i))
+    alone = tensorboard_files.read_run(single)
+    assert tensorboard_files.session_hparams(member) == tensorboard_files.session_hparams(alone)
+    assert tensorboard_files.config_texts(member) == tensorboard_files.config_texts(alone)
+    learning_rates.add(tensorboard_files.session_hparams(member)["optimizer.learning_rate"])
+  assert learning_rates == set(LEARNING_RATES)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ def tiny_sweep(data_dir: str, values=(1, 2, 4), steps: int = 3, path: str = "mod
       "train": {"steps": steps, "batch_size": 8, "log_every": 1, "eval_every": 0, "checkpoint_every": 5},
       "optimizer": {"warmup_steps": 0},
       "checkpoint": {"async_save": False, "keep_best": 0},
+      "inspect": {"default_probe": False},  # drawing costs seconds a trial
   })
   c.parameters = [{"path": path, "values": list(values)}]
   c.workers = 1

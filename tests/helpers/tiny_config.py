@@ -35,6 +35,7 @@ def tiny_config(data_dir: str, overrides: dict | None = None) -> ConfigDict:
   c.train.eval_every, c.train.checkpoint_every = 0, 0
   c.optimizer.warmup_steps, c.optimizer.learning_rate = 2, 3e-3
   c.checkpoint.async_save = False
+  c.inspect.default_probe = False  # drawing costs seconds a run; the tests of the probes turn it on
   for key, value in (overrides or {}).items():
     section, field = key.split(".")
     c[section][field] = value
