@@ -1,6 +1,6 @@
 """Capacity: recall accuracy against model width D, with 1 or 4 heads, on harder recall (as Zoology's MQAR figure).
 
-  python -m experiments.sweep --config=configs/sweeps/capacity.py --workdir=runs/capacity --workers=2
+  python -m experiments.sweep --config=configs/sweeps/capacity.py --workdir=runs/capacity
 
 On configs/default.py (2 layers, RoPE, K = D / H) with more pairs per sequence than its 4 in 32 tokens: here the
 differences are what a model of width D can hold, not how fast it gets there. As in Zoology, each point
@@ -34,8 +34,4 @@ def get_config(scale: str | None = None):
       {"path": "model.num_heads", "values": [1, 4]},
       {"path": "optimizer.learning_rate", "values": learning_rates},
   ]
-  c = common.recall_study("capacity", scale, CPU_STEPS, parameters)
-  c.replicates = replicates
-  c.vectorize = True
-  c.fixed.train.stop_when = "eval/accuracy>=0.99"
-  return c
+  return common.recall_study("capacity", scale, parameters, steps=CPU_STEPS, replicates=replicates)

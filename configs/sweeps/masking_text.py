@@ -40,5 +40,7 @@ def get_config(scale: str | None = None):
   c.parameters = [{"paths": ["model.mask", "model.window", "model.prefix_length"], "values": MASKS}]
   c.metric = "eval/loss"
   c.direction = "minimize"
+  c.replicates = 5  # the final eval loss of a mask with its interval over seeds
+  c.vectorize = True  # a mask's seeds train as one population
   c.workers = 1
   return c
