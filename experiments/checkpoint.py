@@ -1,7 +1,8 @@
 """Checkpoints with orbax: the train state and the data iterator's position, saved together.
 
 Layout of a workdir: `config.json` (the run's config), `checkpoints/<step>/{state,data}` (orbax),
-`metrics.jsonl`, `tensorboard/`, `summary.json`.
+`metrics.jsonl`, `tensorboard/`, `summary.json`. A checkpoint the keep policies drop is first renamed into
+`checkpoints/.deleting/` and only then deleted, so a kill during a deletion never leaves a half-deleted step listed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,6 +30,9 @@ from transformer import TransformerLM, model_config_from
 
 CHECKPOINTS = "checkpoints"
 UNREADABLE = "unreadable_checkpoints"  # where training moves a checkpoint it could not read (kept, not deleted)
+# Inside checkpoints/: where orbax renames a checkpoint it drops, before this module deletes it. Not a step's name,
+# so no reader lists what a kill left there.
+DELETING = ".deleting"
 T = TypeVar("T")
 
 
@@ -80,6 +86,25 @@ class _ReadOnlyNotice(logging.Filter):
     return not record.getMessage().startswith("Given directory is read only")
 
 
+class _AbandonedReads:
+  """sys.unraisablehook that drops the reports of the reads a failed restore abandons, passing on all others.
+
+  When one array of a checkpoint does not read, orbax stops waiting for the other reads and closes their event
+  loop; as each of them ends, later, tensorstore reports as unraisable that the loop is closed, or that this read
+  failed too: a traceback each, at any moment up to the interpreter's exit, of a failure the caller already has.
+  """
+
+  def __init__(self, previous: Callable[[Any], None]):
+    self.previous = previous
+
+  def __call__(self, unraisable: Any) -> None:
+    error = unraisable.exc_value
+    abandoned = ((isinstance(error, RuntimeError) and str(error) == "Event loop is closed")
+                 or (type(error) is Exception and str(error).startswith("Encountered error while reading array")))
+    if not abandoned:
+      self.previous(unraisable)
+
+
 def make_manager(workdir: str, ck: ConfigDict | None = None, *, read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over workdir/checkpoints keeping the last `keep` and the best `keep_best`.
 
@@ -88,6 +113,8 @@ def make_manager(workdir: str, ck: ConfigDict | None = None, *, read_only: bool 
     ck: the `checkpoint` config section (None when only reading).
     read_only: open another run's checkpoints without ever deleting or writing.
   """
+  if not isinstance(sys.unraisablehook, _AbandonedReads):
+    sys.unraisablehook = _AbandonedReads(sys.unraisablehook)
   directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
   if read_only or ck is None:
     # save_interval_steps=0: orbax warns of setting it itself for a read-only manager.
@@ -105,10 +132,64 @@ def make_manager(workdir: str, ck: ConfigDict | None = None, *, read_only: bool 
         get_metric_fn=lambda metrics: metrics[metric], n=ck.keep_best,
         # BestN keeps the end of the sorted list: sort descending to keep the smallest values.
         reverse=ck.best_mode == "min", keep_checkpoints_without_metrics=False))
+  # Orbax's own deletion removes a step's files in place, so a kill midway left a step that is still listed but
+  # no longer reads; renamed first (one atomic step), the step is gone from the listing before any file goes.
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-      enable_async_checkpointing=ck.async_save, create=True)
+      enable_async_checkpointing=ck.async_save, create=True, todelete_subdir=DELETING)
+  logging.getLogger("absl").addFilter(_RAISED_AGAIN)
+  remains = purge_deleted(workdir)
+  if remains:
+    logging.warning("removed what a kill left of the deleted checkpoint(s) of step(s) %s in %s",
+                    ", ".join(remains), directory)
   return ocp.CheckpointManager(directory, options=options)
+
+
+class _RaisedAgain(logging.Filter):
+  """Drops orbax's ERROR records of a save that failed in one of its threads (a full disk, say), each with a
+  traceback: orbax keeps the same error and raises it again in the caller's thread, at the next save or
+  wait_until_finished, where the command reports it in one line."""
+
+  # The orbax functions (0.12) that log such an error with its traceback and then keep or raise it: the save's
+  # commit thread, the manager's wait, a signalling thread's run, the metadata writer.
+  _LOG_AND_KEEP = ("_thread_func", "wait_until_finished", "run", "_write_and_log")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+    return not (from_orbax and record.levelno >= logging.ERROR and record.exc_info
+                and record.funcName in self._LOG_AND_KEEP)
+
+
+_RAISED_AGAIN = _RaisedAgain()  # one instance, so that adding it again changes nothing
+
+
+def purge_deleted(workdir: str) -> list[str]:
+  """Deletes the checkpoints orbax renamed into checkpoints/.deleting/ (on process 0, the one that renames them).
+
+  Called after every save, as orbax's deletions of that save are done by then (a save waits for the one before),
+  and when a manager opens: a kill during a deletion leaves its remains there, never a listed step.
+
+  Returns:
+    The names of the steps whose remains were deleted.
+  """
+  folder = os.path.join(workdir, CHECKPOINTS, DELETING)
+  if jax.process_index() != 0 or not os.path.isdir(folder):
+    return []
+  # One entry at a time: orbax may rename another one in while this runs (an asynchronous save's deletions).
+  names = sorted(os.listdir(folder))
+  for name in names:
+    shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+  return names
+
+
+def finish(manager: ocp.CheckpointManager, workdir: str) -> None:
+  """Waits for pending asynchronous saves (and the deletions they cause), closes the manager, deletes what it
+  dropped: every way a run ends goes through here, so that no half-written checkpoint is left by the run itself."""
+  try:
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+    purge_deleted(workdir)
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -123,6 +204,7 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_iterator: Any,
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
                                              data=grain.checkpoint.CheckpointSave(data_iterator)),
                metrics=metrics, force=True)
+  purge_deleted(_workdir_of(manager))
 
 
 def save_params(workdir: str, params: Any, step: int = 0) -> None:
@@ -157,6 +239,11 @@ def save_population(manager: ocp.CheckpointManager, step: int, tree: dict[str, A
   members' bookkeeping) and each member's data iterator, at `step`."""
   iterators = {f"data_{i}": grain.checkpoint.CheckpointSave(it) for i, it in enumerate(data_iterators)}
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), **iterators), force=True)
+  purge_deleted(_workdir_of(manager))
+
+
+def _workdir_of(manager: ocp.CheckpointManager) -> str:
+  return os.path.dirname(str(manager.directory))
 
 
 def restore_population(manager: ocp.CheckpointManager, step: int, abstract_tree: dict[str, Any],

@@ -42,9 +42,22 @@ _OS_FIXES = {
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
-def fail(message: str, status: int = USAGE_STATUS) -> NoReturn:
-  """Prints `error: message` on stderr and exits with `status`."""
+def fail(message: str, status: int = USAGE_STATUS, *, at_once: bool = False) -> NoReturn:
+  """Prints `error: message` on stderr and exits with `status`.
+
+  Args:
+    message: the one line.
+    status: the exit status.
+    at_once: end the process without the interpreter's shutdown, for a failure met inside orbax or tensorstore
+      (a full disk, a checkpoint that does not read). Their worker threads, unfinished reads and tensorboardX's
+      exit handler would each print a traceback of the same failure while the interpreter shuts down, after
+      this line. The caller has let every checkpoint write finish; metrics.jsonl is flushed row by row.
+  """
   print(f"error: {message}", file=sys.stderr)
+  if at_once:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
   sys.exit(status)
 
 
@@ -155,13 +168,19 @@ def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
   return f"{type(error).__name__}: {first}"
 
 
-def os_error_line(error: BaseException) -> str | None:
-  """`path: what went wrong: the fix` for an OS error (also one that tensorstore reports), else None."""
+def os_error_line(error: BaseException, where: str | None = None) -> str | None:
+  """`path: what went wrong: the fix` for an OS error (also one that tensorstore reports), else None.
+
+  Args:
+    error: the error raised.
+    where: the path to name when the error names none (tensorstore's reports of a full disk may not).
+  """
   found = _os_error(error)
   if found is None:
     return None
   code, path = found
   what = _OS_FIXES.get(code, os.strerror(code))
+  path = path or where
   return f"{path}: {what}" if path else what
 
 

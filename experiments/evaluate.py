@@ -59,8 +59,9 @@ def main(argv):
     metrics = evaluate(_WORKDIR.value, _STEP.value, _MAX_BATCHES.value, _MEMBER.value)
   except FileNotFoundError as error:  # not a run, or no checkpoint (at --step), or a population without --member
     cli.fail(cli.run_error_line(error, _WORKDIR.value, _STEP.value))
-  # No readable checkpoint, or data that cannot be prepared (offline, say): one line each.
-  except (checkpoint.CheckpointError, validation.ConfigError) as error:
+  except checkpoint.CheckpointError as error:  # no readable checkpoint (at --step): one line
+    cli.fail(str(error), at_once=True)
+  except validation.ConfigError as error:  # data that cannot be prepared (offline, say): one line
     cli.fail(str(error))
   if jax.process_index() == 0:
     print(metrics_json(metrics))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import sys
 from typing import Any
 
 import numpy as np
@@ -200,8 +199,7 @@ def main(argv: list[str]) -> None:
       result = run_context(f["workdir"], f["token"], prompts, f["out"], f["step"])
       print(f"step {result['step']}, positions {result['positions']}\n{result['table']}\nwrote {result['png']}")
   except checkpoint.CheckpointError as error:  # a broken checkpoint, no usage mistake: one line, status 2
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(error), at_once=True)
   except FileNotFoundError as error:  # not a run, or no checkpoint (at --step)
     cli.fail(cli.run_error_line(error, f["workdir"], f["step"]))
   except ValueError as error:  # a usage mistake: one line, no traceback

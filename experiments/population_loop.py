@@ -386,8 +386,7 @@ def run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, s
         if evaluating:
           throughput.restart()  # eval time is not step time
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    checkpoint.finish(manager, workdir)
     if bar is not None:
       bar.close()
   if not logs.active.any() and stop_reason == "completed" and step < t.steps:

@@ -331,8 +331,7 @@ def _run(config: ConfigDict, workdir: str, data: datasets.Data, progress: bool, 
   finally:
     # Every way out (the end, a NaN, any error, a signal) lets pending asynchronous saves finish first: an exit
     # during one leaves only a *.orbax-checkpoint-tmp folder, and orbax's threads then find their loop closed.
-    manager.wait_until_finished()
-    manager.close()
+    checkpoint.finish(manager, workdir)
     if bar is not None:
       bar.close()
   if step == first_step:

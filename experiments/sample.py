@@ -162,7 +162,9 @@ def main(argv):
       raise ValueError("prompt: encodes to no token; give some text")
   except FileNotFoundError as error:  # not a run, or no checkpoint (at --step)
     cli.fail(cli.run_error_line(error, f.workdir, f.step))
-  except (ValueError, checkpoint.CheckpointError) as error:
+  except checkpoint.CheckpointError as error:
+    cli.fail(str(error), at_once=True)
+  except ValueError as error:
     cli.fail(str(error))
   print(f"# {workdir} step {step}, seed {f.seed}", file=sys.stderr)
 

@@ -67,18 +67,21 @@ def main(argv):
   initialize_distributed()
   try:
     summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value, eval_lines=True)
-  except (ConfigError, CheckpointError) as error:
+  except ConfigError as error:
     cli.fail(str(error))
+  except CheckpointError as error:
+    cli.fail(str(error), at_once=True)
   except (WorkdirLocked, NonFiniteLoss) as error:
     cli.fail(str(error), status=1)
   except Exception as error:  # pylint: disable=broad-except
     # A fault of the file system under the workdir (read-only, not a folder, full...) is told in one line with
     # what survives; anything else is a bug, with its traceback.
-    line = cli.os_error_line(error)
+    line = cli.os_error_line(error, _WORKDIR.value)
     if line is None:
       raise
     # A full disk stops a run the same command resumes once there is space; the others need another workdir.
-    cli.fail(f"{line}; {surviving_checkpoints(_WORKDIR.value)}", status=1 if cli.is_disk_full(error) else 2)
+    cli.fail(f"{line}; {surviving_checkpoints(_WORKDIR.value)}", status=1 if cli.is_disk_full(error) else 2,
+             at_once=True)
   if jax.process_index() == 0:
     print("\n".join(terminal.summary_lines(summary, _WORKDIR.value)))
 

@@ -17,6 +17,10 @@ from experiments.files import CONFIG_FILE, exclusive_lock
 
 # The keys a 0 in the config means "from the data" for (validation.resolve fills them in before they are saved).
 FROM_THE_DATA = {"model": ("vocab_size", "max_len")}
+# The sections that say what a run is: a change to any of them cannot resume its checkpoints.
+IDENTITY = ("model", "data", "population")
+# A run saved before a section existed ran with that section's defaults: a single run has no population.
+_SAVED_BEFORE = {"population": {"size": 1, "member_values": {}}}
 
 
 _LOCK_PREFIX = ".lock.process_"
@@ -77,7 +81,10 @@ def made_for_the_run(workdir: str) -> Iterator[None]:
 
 
 def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
-  """Why a workdir whose saved model or data differ from this config's cannot resume; None when it can.
+  """Why a workdir whose saved model, data or population differ from this config's cannot resume; None when it can.
+
+  A population's size and member_values decide the shape of its stacked checkpoint and what each member is, so
+  a change to them is refused like one to the model, before anything is read or rewritten.
 
   Args:
     workdir: the run's directory.
@@ -85,7 +92,7 @@ def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
 
   Returns:
     One line naming the first key that differs (the caller raises it as a ConfigError), or None when the
-    workdir has no saved config or its model and data sections match.
+    workdir has no saved config or its model, data and population sections match.
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
@@ -99,8 +106,10 @@ def resume_conflict(workdir: str, config: ConfigDict) -> str | None:
             f"checkpoints beside it are untouched")
   if not isinstance(saved, dict):
     return f"{path} holds no config object: restore it from a copy, or use a new --workdir"
-  for section in ("model", "data"):
-    old, new = saved.get(section, {}), config[section].to_dict()
+  for section in IDENTITY:
+    # Through JSON, as the saved side went: member_values given as tuples compare with the lists saved.
+    old = {**_SAVED_BEFORE.get(section, {}), **saved.get(section, {})}
+    new = json.loads(json.dumps(config[section].to_dict())) if section in config else _SAVED_BEFORE.get(section, {})
     # Where the data live is not what they are: a moved data_dir or manual_dir resumes. A key newer than the
     # saved run, left empty, changes nothing the run did.
     changed = sorted(k for k in set(old) | set(new)

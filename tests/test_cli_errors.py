@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from ml_collections import ConfigDict
 
 from experiments import build, checkpoint, runner, validation
 from experiments.files import CONFIG_FILE, write_json
@@ -173,12 +174,13 @@ def test_a_full_disk_mid_run_says_which_checkpoints_are_complete(tfds_data_dir, 
     folder = os.path.join(workdir, checkpoint.CHECKPOINTS)
     complete = sorted(int(name) for name in os.listdir(folder) if name.isdigit())
     assert complete and complete[-1] < 200, complete
-    # orbax's writer threads print their own tracebacks as they fail; the command's is the one line it says.
     assert result.returncode == 1, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr[-3000:]
-    assert "no space left" in errors[0] and f"up to step {complete[-1]} in {folder}" in errors[0], errors
-    assert "experiments/" not in result.stderr, result.stderr[-3000:]  # no traceback through the project's code
+    # The one line, and no traceback of any thread: orbax's writers, TensorBoard's, grain's.
+    lines = [line for line in message_lines(result.stderr) if not line.startswith("preparing the ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Exception" not in result.stderr, result.stderr[-3000:]
+    assert "no space left" in lines[0] and f"up to step {complete[-1]} in {folder}" in lines[0], lines
+    assert lines[0].startswith(f"error: {workdir}"), lines  # the path at fault (tensorstore may name none)
     _, _, step = checkpoint.load_model(workdir, complete[-1])  # what the line promises restores
     assert step == complete[-1]
 
@@ -229,6 +231,42 @@ def test_a_data_change_is_refused_before_the_data_are_prepared(tmp_path, monkeyp
   with pytest.raises(ConfigError, match=r"data\.num_pairs=5 differs from 4"):
     runner.train_and_evaluate(changed, str(tmp_path / "run"))
   assert not (tmp_path / "data").exists()
+
+
+def _population(data_dir: str, size: int, learning_rates: list[float] | None = None):
+  config = tiny_config(data_dir, {"train.steps": 20, "population.size": size})
+  if learning_rates:
+    config.population.member_values = ConfigDict({"optimizer": {"learning_rate": learning_rates}}, type_safe=False)
+  return config
+
+
+# (saved population, the one resumed with, the key the line names); each used to read as an unreadable checkpoint.
+POPULATION_CHANGES = [
+    ((2, None), (3, None), "population.size=3 differs from 2"),
+    ((2, [1e-3, 3e-3]), (2, (1e-3, 1e-2)), "population.member_values="),
+]
+
+
+@pytest.mark.parametrize("saved, resumed, named", POPULATION_CHANGES, ids=["size", "member_values"])
+def test_a_population_change_is_refused_before_the_data_are_prepared(tmp_path, monkeypatch, saved, resumed, named):
+  _saved_run(str(tmp_path / "run"), _population(str(tmp_path / "data"), *saved))
+  monkeypatch.setattr(build, "load_data", lambda c: pytest.fail("the data were prepared"))
+  with pytest.raises(ConfigError, match=rf"^{re.escape(named)}.*: use a new --workdir, or the saved value") as error:
+    runner.train_and_evaluate(_population(str(tmp_path / "data"), *resumed), str(tmp_path / "run"))
+  assert "\n" not in str(error.value)
+
+
+def test_a_population_resumes_its_own_values_and_a_run_saved_before_populations_resumes(tmp_path):
+  """member_values given as a tuple match the list saved; a config.json without a population section is a single
+  run's."""
+  _saved_run(str(tmp_path / "pop"), _population(str(tmp_path / "data"), 2, [1e-3, 3e-3]))
+  assert resume_conflict(str(tmp_path / "pop"), _population(str(tmp_path / "data"), 2, (1e-3, 3e-3))) is None
+  single = tiny_config(str(tmp_path / "data"), {"train.steps": 20})
+  saved = validation.resolve(single).to_dict()
+  del saved["population"]
+  os.makedirs(tmp_path / "old")
+  write_json(str(tmp_path / "old" / CONFIG_FILE), saved)
+  assert resume_conflict(str(tmp_path / "old"), single) is None
 
 
 def test_an_unchanged_resume_passes_the_check_whatever_the_data_resolve(tmp_path, monkeypatch):

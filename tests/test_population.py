@@ -18,7 +18,6 @@ import types
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from experiments import checkpoint, population, validation
@@ -27,6 +26,7 @@ from experiments.files import CONFIG_FILE, SUMMARY_FILE, read_metrics
 from experiments.optimizer import learning_rate_schedule, traced_learning_rate_schedule
 from experiments.runner import train_and_evaluate
 from tests.helpers import tensorboard_files
+from tests.helpers.checkpoints import saved_leaves
 from tests.helpers.tiny_config import tiny_config
 
 STEPS = 6
@@ -132,10 +132,6 @@ def losses(workdir: str) -> np.ndarray:
   return np.array([row["train/loss"] for row in read_metrics(workdir) if "train/loss" in row])
 
 
-def stacked_state(workdir: str, step: int) -> dict[str, np.ndarray]:
-  tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(os.path.join(workdir, checkpoint.CHECKPOINTS, str(step),
-                                                                        "state")))
-  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +154,7 @@ def four(tmp_path_factory, tfds_data_dir) -> dict:
 def test_a_population_of_four_trains_as_the_four_single_runs(four):
   pop = four["population"]
   assert four["summary"]["status"] == "completed" and four["summary"]["step"] == STEPS
-  state = stacked_state(pop, STEPS)
+  state = saved_leaves(pop, STEPS)
   for i, single in enumerate(four["singles"]):
     member = population.member_workdir(pop, i)
     assert member == os.path.join(pop, population.MEMBERS_DIR, str(i))
@@ -175,7 +171,7 @@ def test_a_population_of_four_trains_as_the_four_single_runs(four):
     with open(os.path.join(member, SUMMARY_FILE)) as f:
       summary = json.load(f)
     assert (summary["status"], summary["step"], summary["member"]) == ("completed", STEPS, i)
-    single_state = stacked_state(single, STEPS)
+    single_state = saved_leaves(single, STEPS)
     assert set(single_state) == set(state) - {"['active']", "['stop_code']", "['stop_step']"}
     for name, value in single_state.items():
       np.testing.assert_allclose(state[name][i], value, rtol=1e-4, atol=1e-5, err_msg=name)
@@ -218,10 +214,10 @@ def test_a_resumed_population_is_bitwise_the_one_that_ran_straight(four, tfds_da
   values = {"optimizer": {"learning_rate": LEARNING_RATES, "warmup_steps": WARMUPS}}
   workdir = os.path.join(four["root"], "resumed")
   train_and_evaluate(population_config(tfds_data_dir, 4, values, {"train.steps": 3}), workdir)
-  assert stacked_state(workdir, 3)["['step']"].tolist() == [3] * 4
+  assert saved_leaves(workdir, 3)["['step']"].tolist() == [3] * 4
   train_and_evaluate(population_config(tfds_data_dir, 4, values), workdir)
   straight = four["population"]
-  a, b = stacked_state(workdir, STEPS), stacked_state(straight, STEPS)
+  a, b = saved_leaves(workdir, STEPS), saved_leaves(straight, STEPS)
   assert a.keys() == b.keys()
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
@@ -255,7 +251,7 @@ def test_a_diverging_member_stops_alone_and_a_member_at_its_target_stops(four, t
     assert summary["members"][i]["steps_to_target"] == 3 and summary["members"][i]["step"] == 3
     np.testing.assert_allclose(losses(population.member_workdir(workdir, i)), losses(four["singles"][i])[:3],
                                rtol=1e-5)
-  state = stacked_state(workdir, 3)
+  state = saved_leaves(workdir, 3)
   assert state["['step']"].tolist() == [3, bad - 1, 3] and state["['active']"].tolist() == [False] * 3
   assert all(np.isfinite(v).all() for k, v in state.items() if "params" in k)
   # A rerun finds the population ended and does nothing.

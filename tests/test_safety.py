@@ -10,11 +10,13 @@ import shutil
 import subprocess
 import sys
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base
 from experiments import build, checkpoint, evaluate, steps
 from experiments.checkpoint import CheckpointError
 from experiments.files import METRICS_FILE, SUMMARY_FILE, read_metrics
@@ -211,12 +213,11 @@ def test_a_corrupt_step_asked_for_is_one_line_with_status_2(copy, command):
   result = subprocess.run([sys.executable, "-m", f"experiments.{command}", f"--workdir={copy}", f"--step={STEPS}",
                            *COMMANDS[command]], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 2, result.stderr[-2000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1 and f"/{STEPS} does not restore" in errors[0], result.stderr[-2000:]
-  # No traceback through the project's code. Orbax's reader threads may still print one of their own at exit
-  # ("call_soon_threadsafe" on its closed event loop: in about half the runs of `evaluate`, never seen for the
-  # other two), which only orbax can stop.
-  assert os.path.join(REPO, "experiments") not in result.stderr, result.stderr[-3000:]
+  # Exactly the one line: orbax's unfinished reads used to print tracebacks as the interpreter shut down (in
+  # about one run of `evaluate` in four).
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:") and f"/{STEPS} does not restore" in lines[0], \
+      result.stderr[-3000:]
 
 
 def test_a_metrics_line_torn_by_a_kill_costs_no_other_row(tmp_path):
@@ -225,3 +226,62 @@ def test_a_metrics_line_torn_by_a_kill_costs_no_other_row(tmp_path):
   writer.write(2, {"train/loss": 2.0})
   writer.close()
   assert read_metrics(str(tmp_path)) == [{"step": 1, "train/loss": 2.5}, {"step": 2, "train/loss": 2.0}]
+
+
+class _Killed(BaseException):
+  """Stands for a SIGKILL: raised where the kill lands, it unwinds past every handler, as nothing runs after one."""
+
+
+def _tiny_state(step: int) -> steps.TrainState:
+  return steps.TrainState(step=jnp.array(step, jnp.int32), params={"w": jnp.full((4,), float(step))},
+                          opt_state={"m": jnp.zeros((4,))}, rng=jax.random.PRNGKey(0))
+
+
+def test_a_kill_while_a_checkpoint_is_deleted_leaves_no_half_deleted_step_listed(tmp_path, monkeypatch, caplog):
+  """keep=1: saving step 2 deletes step 1, and a kill lands once the first of its files is gone. Orbax deleted in
+  place, so step 1 stayed listed with files missing; renamed into checkpoints/.deleting/ first, it is gone from
+  the listing, and the next manager removes its remains in one warning line."""
+  ck = base.get_config().checkpoint
+  ck.keep, ck.keep_best, ck.async_save = 1, 0, False
+  workdir = str(tmp_path)
+  iterator = iter(grain.MapDataset.range(8).to_iter_dataset())
+  manager = checkpoint.make_manager(workdir, ck)
+  checkpoint.save(manager, _tiny_state(1), iterator)
+
+  def killed_midway(path, *args, **kwargs):
+    os.remove(next(os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names))
+    raise _Killed
+
+  monkeypatch.setattr(shutil, "rmtree", killed_midway)
+  with pytest.raises(_Killed):
+    checkpoint.save(manager, _tiny_state(2), iterator)
+  monkeypatch.undo()
+  folder = os.path.join(workdir, checkpoint.CHECKPOINTS)
+  assert sorted(name for name in os.listdir(folder) if not name.startswith(".")) == ["2"]
+  reader = checkpoint.make_manager(workdir, read_only=True)
+  assert reader.all_steps() == [2]
+  reader.close()
+  with caplog.at_level(logging.WARNING):
+    checkpoint.make_manager(workdir, ck).close()
+  assert not os.path.exists(os.path.join(folder, checkpoint.DELETING, "1"))
+  removed = [r.getMessage() for r in caplog.records if "what a kill left" in r.getMessage()]
+  assert len(removed) == 1 and "step(s) 1 in" in removed[0], removed
+
+
+@pytest.mark.slow
+def test_evaluate_and_resume_pass_over_what_a_kill_during_a_deletion_left(tfds_data_dir, copy, caplog):
+  """Checkpoint 2 as a kill during its deletion leaves it (renamed, some files gone): evaluation and the resume
+  use step 4, the last complete one, with no restore warning; the resume removes the remains in one line."""
+  folder = os.path.join(copy, checkpoint.CHECKPOINTS)
+  os.makedirs(os.path.join(folder, checkpoint.DELETING))
+  os.replace(os.path.join(folder, "2"), os.path.join(folder, checkpoint.DELETING, "2"))
+  os.remove(os.path.join(folder, checkpoint.DELETING, "2", "state", "_METADATA"))
+  with caplog.at_level(logging.INFO):
+    assert evaluate.evaluate(copy)["step"] == STEPS
+    summary = train_and_evaluate(run_config(tfds_data_dir, {"train.steps": STEPS + 2}), copy)
+  assert summary["step"] == STEPS + 2 and not restore_warnings(caplog)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith(f"resumed from step {STEPS} ") for m in messages), messages
+  removed = [m for m in messages if "what a kill left" in m]
+  assert len(removed) == 1 and "step(s) 2 in" in removed[0], removed
+  assert os.listdir(os.path.join(folder, checkpoint.DELETING)) == []

@@ -12,6 +12,14 @@ import orbax.checkpoint as ocp
 from experiments.checkpoint import CHECKPOINTS
 
 
+def saved_leaves(workdir: str, step: int) -> dict[str, np.ndarray]:
+  """Every leaf of the `state` item saved at `step` (a run's train state, or a population's stacked one)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # no target shardings given: orbax reads the saved ones, and says so
+    tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(os.path.join(workdir, CHECKPOINTS, str(step), "state")))
+  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def saved_state(workdir: str, step: int) -> tuple[dict[str, np.ndarray], str]:
   """Every leaf of the train state saved at `step` (step, params, optimizer state, RNG), and the data position.
 
@@ -23,10 +31,7 @@ def saved_state(workdir: str, step: int) -> tuple[dict[str, np.ndarray], str]:
     ({leaf path: array}, the text of the data iterator's saved state).
   """
   directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS, str(step)))
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # no target shardings given: orbax reads the saved ones, and says so
-    tree = ocp.PyTreeCheckpointer().restore(os.path.join(directory, "state"))
-  leaves = {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  leaves = saved_leaves(workdir, step)
   data_dir = os.path.join(directory, "data")
   [name] = [n for n in os.listdir(data_dir) if n.endswith(".json")]
   with open(os.path.join(data_dir, name), encoding="utf-8") as f:
