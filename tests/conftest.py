@@ -18,6 +18,31 @@ def pytest_configure(config):
                           "(PostgreSQL, Chromium, jax.distributed) or takes over ~5 s of CPU on a 2-core machine")
 
 
+# Modules whose module-scoped fixtures train a run, start processes or import torch. Under `-n 2`, xdist's default
+# (`--dist load`) hands tests out one by one, so both workers would each build such a fixture once; these modules
+# go to one worker whole, every other test still on its own.
+SHARED_FIXTURE_MODULES = frozenset(f"test_{name}.py" for name in (
+    "checkpoints", "cli_errors", "faults", "import_hf", "inspect", "inspect_html", "multidevice", "multihost",
+    "notebook", "population", "readme_snippets", "report", "report_points", "safety", "text_runs"))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown to pytest without it
+def pytest_xdist_make_scheduler(config, log):
+  """`--dist load` (what `-n` means alone), except that each module of SHARED_FIXTURE_MODULES is one unit of work."""
+  if config.getvalue("dist") != "load":
+    return None
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=g-import-not-at-top  (only under xdist)
+
+  class ModuleFixtureScheduling(LoadScopeScheduling):
+    """Units of work are single tests, or whole modules of SHARED_FIXTURE_MODULES (handed out first: larger)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+      module = nodeid.split("::", 1)[0]
+      return module if os.path.basename(module) in SHARED_FIXTURE_MODULES else nodeid
+
+  return ModuleFixtureScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory) -> str:
   """A TFDS data_dir for the whole session, so each task and size is prepared once."""
