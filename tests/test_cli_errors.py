@@ -33,7 +33,7 @@ _INFO_LOG = re.compile(r"^I\d{4} ")
 TINY = ["--config=configs/default.py", "--noprogress", "--config.model.d_model=32", "--config.model.num_heads=2",
         "--config.data.num_train=512", "--config.data.num_validation=64", "--config.data.seq_len=24",
         "--config.data.vocab_size=32", "--config.train.batch_size=8", "--config.train.steps=20",
-        "--config.optimizer.warmup_steps=0"]
+        "--config.optimizer.warmup_steps=0", "--config.inspect.default_probe=False"]
 SYNTAX_ERROR = "def get_config():\n  return {'model': }\n"
 
 

@@ -53,6 +53,7 @@ def train_command(workdir: str, data_dir: str, keep: int) -> list[str]:
           "--config.train.batch_size=8", f"--config.train.steps={STEPS}", f"--config.train.checkpoint_every={EVERY}",
           "--config.train.log_every=1", "--config.train.eval_every=0", "--config.eval.max_batches=1",
           "--config.optimizer.warmup_steps=2", "--config.checkpoint.async_save=True",
+          "--config.inspect.default_probe=False",
           f"--config.checkpoint.keep={keep}"]
 
 

@@ -277,7 +277,8 @@ def test_sigterm_saves_and_the_run_resumes(tfds_data_dir, tmp_path):
           "--config.optimizer.warmup_steps=2", "--config.train.log_every=1", "--config.model.d_model=32",
           "--config.data.num_train=512", "--config.data.num_validation=64", "--config.data.seq_len=24",
           "--config.data.vocab_size=32", "--config.data.num_pairs=4", "--config.data.num_queries=4",
-          "--config.train.batch_size=8", "--config.train.eval_every=0", "--config.eval.max_batches=1"]
+          "--config.train.batch_size=8", "--config.train.eval_every=0", "--config.eval.max_batches=1",
+          "--config.inspect.default_probe=False"]
   process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     start = time.time()
