@@ -8,9 +8,9 @@ trains at a small grid of learning rates and the docs read the best of them per 
 and the replicate seeds of a point train as one population (`vectorize`). The grid is large, so a point has
 3 replicates, not 5.
 
-Scales: 'cpu' trains 16 pairs in 64 tokens at D in {16, 32, 64, 128} for CPU_STEPS steps (the whole study in
-about 20 minutes on a 2-core CPU); 'accel' adds D = 256 and 16 pairs in 128 tokens, 4 learning rates and 5
-replicates, with 4x the steps and data per step.
+Scales: 'cpu' trains 16 pairs in 64 tokens at D in {16, 32, 64, 128} for at most CPU_STEPS steps, 2 learning
+rates, 3 replicates; 'accel' adds D = 256, 8 pairs in 64 tokens and 16 in 128, 4 learning rates and 5
+replicates, with 4x the steps and data per step. Each run stops at the protocol's 0.99 (configs/sweeps/common.py).
 """
 
 from configs.sweeps import common

@@ -7,8 +7,8 @@ configs/sweeps/common.py (5 seeds per point, stopped at 0.99 accuracy or after 2
 parameter count is the same for every H; at fixed K = 32 it grows with H. The grouped and multi-query variants
 share G key/value heads among 8 query heads (K = 16).
 
-The 'cpu' scale runs CPU_GRID, the ends of the fixed-width series and the default between them: a point of 5 seeds
-takes 7 to 13 minutes on a 2-core CPU, so the whole grid would take two hours. 'accel' runs the whole grid.
+The 'cpu' scale runs CPU_GRID, the ends of the fixed-width series and the default between them: the whole grid
+does not fit a 2-core CPU's budget (docs/ablations.md, "The protocol"). 'accel' runs the whole grid.
 """
 
 from configs.sweeps import common

@@ -19,7 +19,7 @@ RECALL = [["associative_recall", "causal", 0, 0], ["associative_recall", "none",
 RECALL += [["associative_recall", "sliding_window", w, 0] for w in (2, 4, 8, 16)]
 RECALL += [["associative_recall", "prefix", 0, 8]]
 INDUCTION = [["induction", "causal", 0, 0], ["induction", "none", 0, 0]]
-# A point of 5 seeds takes 7 to 13 minutes on a 2-core CPU: 'cpu' runs causal, one window and the prefix.
+# What fits a 2-core CPU (docs/ablations.md, "The protocol"): 'cpu' runs causal, one window and the prefix.
 CPU_GRID = [RECALL[0], ["associative_recall", "sliding_window", 8, 0], RECALL[-1]]
 
 

@@ -4,8 +4,8 @@
 
 On configs/default.py (RoPE there) under the recall protocol of configs/sweeps/common.py (5 seeds per point,
 stopped at 0.99 accuracy or after 2,600 steps). Recall needs a previous-token head; without positions a causal
-model can only infer order from the mask itself. The 'cpu' scale leaves sinusoidal positions out (a point of 5
-seeds takes 7 to 13 minutes on a 2-core CPU); 'accel' runs all four.
+model can only infer order from the mask itself. The 'cpu' scale leaves sinusoidal positions out, to fit a 2-core
+CPU (docs/ablations.md, "The protocol"); 'accel' runs all four.
 """
 
 from configs.sweeps import common

@@ -4,8 +4,8 @@
 
 On configs/default.py (D = 128) under the recall protocol of configs/sweeps/common.py (5 seeds per point,
 stopped at 0.99 accuracy or after 2,600 steps). Without the factor, score variance grows with K at
-initialization, so the larger K is where a difference should show first: the 'cpu' scale runs K = 128 only (a
-point of 5 seeds takes 7 to 13 minutes on a 2-core CPU); 'accel' runs both.
+initialization, so the larger K is where a difference should show first: the 'cpu' scale runs K = 128 only, to fit
+a 2-core CPU (docs/ablations.md, "The protocol"); 'accel' runs both.
 """
 
 from configs.sweeps import common

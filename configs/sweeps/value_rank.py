@@ -4,8 +4,8 @@
 
 On configs/default.py (D = 128, H = 4, so K = 32) under the recall protocol of configs/sweeps/common.py (5 seeds
 per point, stopped at 0.99 accuracy or after 2,600 steps); the report's eval_accuracy_vs_parameters.png plots
-accuracy against parameter count. The 'cpu' scale runs the full map and ranks 1 and K (a point of 5 seeds takes 7
-to 13 minutes on a 2-core CPU); 'accel' runs every rank.
+accuracy against parameter count. The 'cpu' scale runs the full map and ranks 1 and K, to fit a
+2-core CPU (docs/ablations.md, "The protocol"); 'accel' runs every rank.
 """
 
 from configs.sweeps import common
