@@ -4,6 +4,8 @@ A trial holds an exclusive lock on SWEEPDIR/trials/<id>/.claim while it runs, so
 processes at once, and a RUNNING trial whose lock is free belongs to a process that died (`recover_stale`).
 Each trial's directory also holds trial.json, its record for the report (status, parameters, error, and the start
 and wall time of each attempt at training it, so that the report's wall time covers a resumed trial's every part).
+A vectorised sweep trains several trials at once as the members of one population (`run_population`), each
+still claimed, recorded and told as a trial of its own.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ class _Member:
     self.dir = os.path.join(sweepdir, "trials", self.name)
     self.reported: set[int] = set()
 
-  def take(self, study: optuna.Study, owned: bool, sweep: ConfigDict, **record: Any) -> bool:
+  def take(self, study: optuna.Study, owned: bool, sweep: ConfigDict) -> bool:
     """With the point's lock held (`owned`): records the trial as running and returns True; False when it is
     not to be trained here (another live process holds it, or it was trained before: the study is told)."""
     trial = self.trial
@@ -193,9 +195,6 @@ class _Member:
     for key, value in (("replicate", self.replicate), ("point", self.point), ("trial_id", self.name),
                        ("overrides", json.loads(json.dumps(self.overrides, default=str)))):
       trial.set_user_attr(key, value)
-    if "population" in record:  # the progress line counts a population's members as one trial's time
-      trial.set_user_attr("population", os.path.basename(record["population"]))
-      trial.set_user_attr("population_size", record["population_size"])
     self.reported = _report_logged(trial, self.dir, sweep.metric)
     summary = read_json(os.path.join(self.dir, SUMMARY_FILE))
     if summary and summary.get("status") in FINISHED:  # trained before (e.g. a study database was lost)
@@ -206,8 +205,15 @@ class _Member:
     _record(self.dir, id=self.name, point=self.point, replicate=self.replicate, replicates=space.replicates(sweep),
             status="running", number=trial.number, params=self.params, overrides=self.overrides,
             metric=sweep.metric, worker=f"{socket.gethostname()}:{os.getpid()}", error=None,
-            attempts=[*attempts, {"start": time.time()}], **record)
+            attempts=[*attempts, {"start": time.time()}])
     return True
+
+  def join(self, population_dir: str, size: int) -> None:
+    """Records that the trial trains as a member of the population in population_dir, of `size` members (the
+    progress line counts a population as one run, and a member's wall time as its share of the population's)."""
+    self.trial.set_user_attr("population", os.path.basename(population_dir))
+    self.trial.set_user_attr("population_size", size)
+    _record(self.dir, population=population_dir, population_size=size)
 
   def report(self, step: int, metrics: dict[str, float], metric: str) -> bool:
     """Reports the metric at an evaluation as the trial's intermediate value; False if there was nothing new."""
@@ -235,19 +241,14 @@ def run_population(study: optuna.Study, group: list[optuna.Trial], sweep: Config
   members = [_Member(trial, sweep, sweepdir) for trial in group]
   with contextlib.ExitStack() as claims:
     owned = [claims.enter_context(claim(m.dir)) for m in members]
-    names = sorted(m.name for m in members)
-    population_dir = os.path.join(sweepdir, "populations",
-                                  hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12])
-    members = [m for m, held in zip(members, owned)
-               if m.take(study, held, sweep, population=population_dir, population_size=len(names))]
+    members = [m for m, held in zip(members, owned) if m.take(study, held, sweep)]
     if not members:
       return []
-    if len(members) < len(names):  # the population trains only the trials left: its directory says which
-      names = sorted(m.name for m in members)
-      population_dir = os.path.join(sweepdir, "populations",
-                                    hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12])
-      for m in members:
-        _record(m.dir, population=population_dir, population_size=len(members))
+    # Named by the trials it trains, so that a rerun that forms it again (the same trials) resumes it.
+    names = json.dumps(sorted(m.name for m in members))
+    population_dir = os.path.join(sweepdir, "populations", hashlib.sha256(names.encode()).hexdigest()[:12])
+    for m in members:
+      m.join(population_dir, len(members))
     from experiments import runner  # pylint: disable=g-import-not-at-top  (JAX where a worker trains)
 
     def on_member_evaluation(index: int, step: int, metrics: dict[str, float]) -> None:
