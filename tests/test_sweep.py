@@ -125,6 +125,7 @@ def get_config():
   c.name = {name!r}
   c.fixed = ConfigDict({fixed!r})
   c.parameters = [{{"path": "model.num_heads", "values": {values!r}}}]
+  c.replicates, c.vectorize, c.workers = 1, False, 2  # one trial per point, each a process of its own
   return c
 """
 
