@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from experiments.config_paths import flatten
 from experiments.files import METRICS_FILE
 
 # Dense peak FLOP/s per device: (bfloat16, float32 as the default matmul precision runs it).
@@ -79,20 +80,9 @@ TRAIN_HPARAMS = ("train.seed", "train.steps", "train.batch_size")
 NOT_HPARAMS = ("data.data_dir", "data.manual_dir", "data.worker_count")
 
 
-def flat_config(config: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
-  """{"model": {"num_heads": 4}} -> {"model.num_heads": 4} (a ConfigDict lists its keys sorted)."""
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, (ConfigDict, dict)):
-      flat.update(flat_config(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def config_text(config: ConfigDict) -> str:
   """The config as `path = value` lines, indented four spaces: a Markdown code block in TensorBoard's text view."""
-  return "\n".join(f"    {path} = {value!r}" for path, value in flat_config(config).items())
+  return "\n".join(f"    {path} = {value!r}" for path, value in flatten(config).items())
 
 
 def hparams_of(config: ConfigDict) -> dict[str, bool | int | float | str]:
@@ -103,7 +93,7 @@ def hparams_of(config: ConfigDict) -> dict[str, bool | int | float | str]:
   reads, so every run of a sweep must name the same ones.
   """
   chosen = {}
-  for path, value in flat_config(config).items():
+  for path, value in flatten(config).items():
     if path in TRAIN_HPARAMS or (path.split(".")[0] in HPARAM_SECTIONS and path not in NOT_HPARAMS):
       chosen[path] = value if isinstance(value, (bool, int, float, str)) else str(value)
   return chosen

@@ -17,6 +17,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from experiments.config_paths import flatten
+
 # Paths a member may set, with the type of its values: each enters the step as a traced number (the seed only
 # picks the member's initialisation, dropout and data order).
 VECTORISABLE = {"train.seed": int, "optimizer.learning_rate": float, "optimizer.weight_decay": float,
@@ -33,15 +35,7 @@ def size_of(config: ConfigDict) -> int:
 
 def listed_values(config: ConfigDict) -> dict[str, list[Any]]:
   """population.member_values flattened to {dotted path: the members' values}, in the order given."""
-  values = config.population.member_values.to_dict() if "population" in config else {}
-
-  def flatten(prefix: str, node: Any) -> dict[str, Any]:
-    if not isinstance(node, dict):
-      return {prefix: node}
-    return {path: leaf for key, child in node.items()
-            for path, leaf in flatten(f"{prefix}.{key}" if prefix else key, child).items()}
-
-  return flatten("", values)
+  return flatten(config.population.member_values.to_dict() if "population" in config else {})
 
 
 def errors(config: ConfigDict) -> list[str]:

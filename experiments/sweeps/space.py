@@ -29,6 +29,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from experiments import population
+from experiments.config_paths import flatten
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLERS = ("grid", "random", "tpe")
@@ -52,17 +53,6 @@ def load_config_file(spec: str) -> ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
-
-
-def flatten(section: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
-  """{"train": {"steps": 3}} -> {"train.steps": 3}."""
-  flat = {}
-  for key, value in (section.items() if section is not None else ()):
-    if isinstance(value, (ConfigDict, dict)):
-      flat.update(flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
 
 
 def entry_name(entry: dict) -> str:
