@@ -101,6 +101,9 @@ def recall_fixed(scale: str, steps: int) -> config_dict.ConfigDict:
   f.checkpoint = config_dict.ConfigDict()
   f.checkpoint.keep_best = 0  # sweeps compare final metrics; one fewer checkpoint to write
   f.checkpoint.keep = 1  # the latest is all a resume needs
+  f.inspect = config_dict.ConfigDict()
+  # A single run draws an attention image at every evaluation, 50 steps apart here: the studies compare metrics.
+  f.inspect.default_probe = False
   f.train.stop_when = TARGET
   scale_steps = 1 if scale == "cpu" else 4
   f.train.steps = scale_steps * steps
