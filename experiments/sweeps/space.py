@@ -153,9 +153,10 @@ def max_population(sweep: ConfigDict) -> int:
   return int(sweep.get("max_population", 16))
 
 
-def population_key(overrides: dict[str, Any]) -> str:
-  """What the trials of one population share: a trial's overrides (a replicate's, seed included) without the
-  paths a population varies per member (population.VECTORISABLE), as text."""
+def population_key(sweep: ConfigDict, params: dict[str, Any], replicate: int) -> str:
+  """What the trials of one population share: the overrides of trial (params, replicate) without the paths a
+  population varies per member (population.VECTORISABLE), as text."""
+  overrides = replicate_overrides(sweep, overrides_of(sweep, params), replicate)
   shared = {path: value for path, value in overrides.items() if path not in population.VECTORISABLE}
   return json.dumps(shared, sort_keys=True, default=str)
 
@@ -170,8 +171,7 @@ def population_config(sweep: ConfigDict, members: list[tuple[dict[str, Any], int
     ValueError: the trials differ in a path a population cannot vary (they have different population_keys).
   """
   configs = [trial_config(sweep, params, replicate) for params, replicate in members]
-  keys = {population_key(replicate_overrides(sweep, overrides_of(sweep, params), replicate))
-          for params, replicate in members}
+  keys = {population_key(sweep, params, replicate) for params, replicate in members}
   if len(keys) > 1:
     raise ValueError(f"population_config: the trials differ in more than {', '.join(population.VECTORISABLE)}")
   config = ConfigDict(configs[0].to_dict())
@@ -191,8 +191,7 @@ def populations(sweep: ConfigDict, trials: list[tuple[dict[str, Any], int]]) -> 
   of each key's first trial, at most max_population to a group."""
   by_key: dict[str, list[tuple[dict[str, Any], int]]] = {}
   for params, replicate in trials:
-    by_key.setdefault(population_key(replicate_overrides(sweep, overrides_of(sweep, params), replicate)),
-                      []).append((params, replicate))
+    by_key.setdefault(population_key(sweep, params, replicate), []).append((params, replicate))
   size = max_population(sweep)
   return [group[start:start + size] for group in by_key.values() for start in range(0, len(group), size)]
 

@@ -115,8 +115,7 @@ def _queued_key(sweep: ConfigDict, frozen: optuna.trial.FrozenTrial) -> str | No
   params = frozen.system_attrs.get("fixed_params")
   if not params or len(params) != len(space.parameters(sweep)):
     return None
-  overrides = space.overrides_of(sweep, params)
-  return space.population_key(space.replicate_overrides(sweep, overrides, frozen.user_attrs.get("replicate", 0)))
+  return space.population_key(sweep, params, frozen.user_attrs.get("replicate", 0))
 
 
 def ask_population(study: optuna.Study, sweep: ConfigDict) -> list[optuna.Trial]:
@@ -129,12 +128,11 @@ def ask_population(study: optuna.Study, sweep: ConfigDict) -> list[optuna.Trial]
   first = study.ask()
   params = suggest(first, sweep)
   replicate = int(first.user_attrs.get("replicate", 0))
-  overrides = space.overrides_of(sweep, params)
-  key = space.population_key(space.replicate_overrides(sweep, overrides, replicate))
+  key = space.population_key(sweep, params, replicate)
   if sweep.sampler != "grid" and "planned" not in first.user_attrs:  # a point the sampler chose just now
     taken = {t.user_attrs.get("planned") for t in study.get_trials(deepcopy=False)}
     for r in range(1, space.replicates(sweep)):
-      if space.trial_id(sweep, space.replicate_overrides(sweep, overrides, r)) not in taken:
+      if space.trial_id(sweep, space.replicate_overrides(sweep, space.overrides_of(sweep, params), r)) not in taken:
         enqueue(study, sweep, params, r)
   group = [first]
   storage = study._storage  # pylint: disable=protected-access  (popping a chosen queued trial, as ask pops the first)
