@@ -5,7 +5,7 @@
 On configs/default.py (2 layers, RoPE, K = D / H) with more pairs per sequence than its 4 in 32 tokens: here the
 differences are what a model of width D can hold, not how fast it gets there. As in Zoology, each point
 trains at a small grid of learning rates and the docs read the best of them per point; the learning rates
-and the replicate seeds of a point train as one population (`vectorize`). The grid is large, so a point has
+and the replicate seeds of a point train as one population (`vectorize`, at both scales). The grid is large, so a point has
 3 replicates, not 5.
 
 Scales: 'cpu' trains 16 pairs in 64 tokens at D in {16, 32, 64, 128} for at most CPU_STEPS steps, 2 learning
@@ -34,4 +34,8 @@ def get_config(scale: str | None = None):
       {"path": "model.num_heads", "values": [1, 4]},
       {"path": "optimizer.learning_rate", "values": learning_rates},
   ]
-  return common.recall_study("capacity", scale, parameters, steps=CPU_STEPS, replicates=replicates)
+  c = common.recall_study("capacity", scale, parameters, steps=CPU_STEPS, replicates=replicates)
+  # At every scale a point's learning rates and seeds are one population, so the best learning rate of a point
+  # is chosen among runs that shared one compiled step and one data order per seed.
+  c.vectorize, c.workers = True, 1
+  return c

@@ -49,7 +49,7 @@ def check_scale(scale: str | None) -> str:
   return scale
 
 
-# The recall studies' protocol (docs/ablations.md): every point trains REPLICATES seeds as one population, each
+# The recall studies' protocol (docs/ablations.md): every point trains REPLICATES seeds, each
 # seed stopped at TARGET or after BUDGET steps. configs/default.py reached TARGET at steps 1,150 to 1,300 in 5
 # seeds (evaluated every 50 steps), so BUDGET is twice the slowest; the learning rate still decays over the
 # default's DECAY steps, so that the default point trains as it was measured, and stays at its end value after.
@@ -63,7 +63,8 @@ EVAL_EVERY = 50  # the resolution of steps to target
 def recall_study(name: str, scale: str | None, parameters: list[dict], steps: int = BUDGET,
                  replicates: int = REPLICATES) -> config_dict.ConfigDict:
   """A recall study on configs/default.py under the protocol above: `parameters` varied, ranked by final query
-  accuracy, each point's seeds (and any learning rates varied) trained together (`vectorize`).
+  accuracy; at the 'accel' scale each point's seeds (and any learning rates varied) train together (`vectorize`),
+  at 'cpu' as single runs two at a time.
 
   Args:
     name: the study's name.
@@ -73,13 +74,16 @@ def recall_study(name: str, scale: str | None, parameters: list[dict], steps: in
     replicates: seeds per point (fewer than REPLICATES only where a grid is too large; its file says so).
   """
   c = sweep_config(name)
-  c.fixed = recall_fixed(check_scale(scale), steps)
+  scale = check_scale(scale)
+  c.fixed = recall_fixed(scale, steps)
   c.parameters = parameters
   c.metric = "eval/accuracy"
   c.direction = "maximize"
   c.replicates = replicates
-  c.vectorize = True
-  c.workers = 1  # one population keeps both cores of a 2-core CPU busy
+  # Measured on a 2-core CPU (docs/performance.md): two single runs in parallel finish a point about a sixth
+  # sooner than its seeds as one population, which carries the seeds already at their target to the last one's.
+  c.vectorize = scale != "cpu"
+  c.workers = 2 if scale == "cpu" else 1
   return c
 
 
