@@ -23,6 +23,7 @@ from absl import logging as absl_logging
 from ml_collections import ConfigDict
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
+from experiments import compilation_cache
 from experiments.files import CONFIG_FILE
 
 USAGE_STATUS = 2  # a mistake in what was asked: the same command fails the same way until it is changed
@@ -64,7 +65,8 @@ def fail(message: str, status: int = USAGE_STATUS, *, at_once: bool = False) -> 
 def run(main: Callable[[list[str]], Any]) -> None:
   """Runs a command's main like app.run, with flag and usage mistakes told in one line and status 2.
 
-  Libraries log at WARNING and above only, unless --verbosity is given (see quiet_libraries). A reader that
+  Libraries log at WARNING and above only, unless --verbosity is given (see quiet_libraries). Compiled
+  programs are kept on disk for later runs (experiments/compilation_cache.py). A reader that
   stops reading (`--help | head`, `sample ... | head`) ends the command quietly, with the
   status of a process that SIGPIPE ended (as `cat` has), not with a traceback or an error line.
 
@@ -74,6 +76,7 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
   def guarded(argv: list[str]) -> Any:
     quiet_libraries()
+    compilation_cache.configure()
     try:
       return main(argv)
     except app.UsageError as error:  # absl would print the whole --help before the message

@@ -156,3 +156,38 @@ def test_eval_from_a_builder_is_re_iterable(builder):
 def test_bad_arguments_raise(kwargs, field):
   with pytest.raises(ValueError, match=f"^{field}"):
     pipeline.train_iterator(_indexed_source(12), seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("process_index,process_count", [(0, 1), (1, 2)])
+def test_in_memory_train_batches_equal_the_prepared_sources(builder, process_index, process_count):
+  """The arrays give the array_record source's batches row for row, across epochs, and resume the same way."""
+  arguments = dict(batch_size=4, seed=9, process_index=process_index, process_count=process_count)
+  from_records = pipeline.train_iterator(builder.as_data_source("train"), **arguments)
+  held = pipeline.in_memory(builder.as_data_source("train"))
+  assert isinstance(held, pipeline.ArraySource) and len(held) == SIZES["num_train"]
+  from_arrays = pipeline.train_iterator(held, **arguments)
+  _assert_same_batches(_take(from_arrays, 12), _take(from_records, 12))  # 12 x 8 > 40: three epochs
+  for x, y in zip(_take(from_arrays, 1)[0].values(), _take(from_records, 1)[0].values()):
+    assert x.dtype == y.dtype
+  state = from_arrays.get_state()
+  expected = _take(from_arrays, 5)
+  resumed = pipeline.train_iterator(builder.as_data_source("train"), **arguments)
+  resumed.set_state(state)  # a checkpoint of an in-memory run resumes on the records, and the other way
+  _assert_same_batches(_take(resumed, 5), expected)
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_in_memory_eval_batches_equal_the_prepared_sources_padding_included(builder, process_count):
+  for process_index in range(process_count):
+    arguments = dict(batch_size=8, process_index=process_index, process_count=process_count)
+    from_records = list(pipeline.eval_batches(builder.as_data_source("validation"), **arguments))
+    from_arrays = list(pipeline.eval_batches(pipeline.in_memory(builder.as_data_source("validation")), **arguments))
+    assert from_records[-1]["weights"][-1].sum() == 0  # 23 examples: the last batch is padded
+    _assert_same_batches(from_arrays, from_records)
+
+
+def test_in_memory_keeps_a_source_too_large_for_its_limit(builder):
+  source = builder.as_data_source("train")
+  one_example = sum(v.nbytes for v in source[0].values())
+  assert pipeline.in_memory(source, max_bytes=one_example * len(source) - 1) is source
+  assert isinstance(pipeline.in_memory(source, max_bytes=one_example * len(source)), pipeline.ArraySource)

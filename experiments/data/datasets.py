@@ -42,7 +42,9 @@ def load(data: ConfigDict, data_dir: str) -> Data:
   """
   if data.task != TEXT:
     builder = tasks.prepare(data.task, data_dir, **task_sizes(data))
-    return Data(train=builder.as_data_source("train"), validation=builder.as_data_source("validation"),
+    # A task's splits are small (experiments/data/pipeline.py, in_memory): batches are then gathers, not decodes.
+    return Data(train=pipeline.in_memory(builder.as_data_source("train")),
+                validation=pipeline.in_memory(builder.as_data_source("validation")),
                 vocab_size=builder.builder_config.vocab_size, tokenizer=None)
   builder = text.prepare_builder(data.dataset, data_dir, text_files=data.text_files,
                                  validation_fraction=data.validation_fraction, manual_dir=data.manual_dir)

@@ -3,7 +3,10 @@
 Batches are dicts of numpy arrays `inputs` int32 [B, T], `targets` int32 [B, T] and `weights`
 float32 [B, T], where B is the per-process batch size. Data come from a prepared TFDS builder
 (`tasks.prepare`) read with `builder.as_data_source(split)`, or from any random-access source
-(`len` and `[i]` returning such dicts of [T] arrays).
+(`len` and `[i]` returning such dicts of [T] arrays). `in_memory` reads a small split whole into an
+`ArraySource`, whose batches are one numpy gather per feature instead of a decode per record; the runs of
+built-in tasks read theirs that way (experiments/data/datasets.py). Batches and iterator states are the same
+either way.
 
 Both pipelines are `grain.MapDataset`s of example indices (shuffled, sharded, batched) that
 read each batch in one call at the end: pure functions of the step index. A training
@@ -38,6 +41,64 @@ Batch = dict[str, np.ndarray]
 Source = Sequence[Mapping[str, np.ndarray]]  # random access to examples of [T] arrays
 
 
+# A split up to this size is read into memory once (`in_memory`): 20,000 recall examples of 32 tokens take 7.7 MB.
+IN_MEMORY_MAX_BYTES = 1 << 30
+
+
+class ArraySource:
+  """A split held in memory as one [N, ...] array per feature: a batch is one gather per feature.
+
+  Reading a batch from an array_record source decodes each of its records in Python, holding the GIL that the
+  training loop needs; here it is a numpy take. Rows are the same as the source's, so batches are too.
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray]):
+    lengths = {len(a) for a in arrays.values()}
+    if len(lengths) != 1:
+      raise ValueError(f"ArraySource: features of different lengths {sorted(lengths)}")
+    self.arrays = dict(arrays)
+    self._length = lengths.pop()
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {k: a[index] for k, a in self.arrays.items()}
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    return [self[i] for i in indices]
+
+  def batch(self, indices: Sequence[int]) -> Batch:
+    """The examples at `indices` stacked, index -1 being an all-zero example."""
+    indices = np.asarray(indices, np.int64)
+    padding = indices < 0
+    batch = {k: a[np.where(padding, 0, indices)] for k, a in self.arrays.items()}
+    if padding.any():
+      for array in batch.values():
+        array[padding] = 0
+    return batch
+
+
+def in_memory(source: Source, max_bytes: int = IN_MEMORY_MAX_BYTES, chunk: int = 4096) -> Source:
+  """`source` read whole into an ArraySource when it holds at most `max_bytes`, else `source` itself.
+
+  The size is estimated from the first example (a task's examples all have the same shapes).
+  """
+  if isinstance(source, ArraySource) or len(source) == 0:
+    return source
+  first = source[0]
+  if sum(np.asarray(v).nbytes for v in first.values()) * len(source) > max_bytes:
+    return source
+  read_many = getattr(source, "__getitems__", None)
+  arrays = {k: np.empty((len(source),) + np.shape(v), np.asarray(v).dtype) for k, v in first.items()}
+  for start in range(0, len(source), chunk):
+    keys = list(range(start, min(start + chunk, len(source))))
+    for offset, example in enumerate(read_many(keys) if read_many else [source[k] for k in keys]):
+      for k, array in arrays.items():
+        array[start + offset] = example[k]
+  return ArraySource(arrays)
+
+
 def _source(data: tfds.core.DatasetBuilder | Source, split: str) -> Source:
   """Returns the random-access source of `split` of a builder, or `data` itself if it is one."""
   if isinstance(data, tfds.core.DatasetBuilder):
@@ -58,6 +119,8 @@ class _BatchReader:
 
   def __call__(self, indices: Sequence[int]) -> Batch:
     indices = list(indices)[self._rows]
+    if isinstance(self._source, ArraySource):
+      return self._source.batch(indices)
     keys = [int(i) for i in indices if i >= 0]
     # TFDS sources read a list of records in one call, faster than one by one (docs/performance.md).
     read_many = getattr(self._source, "__getitems__", None)

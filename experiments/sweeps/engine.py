@@ -52,10 +52,6 @@ def work(sweep: ConfigDict, sweepdir: str, storage_url: str, worker_index: int =
   Returns:
     The number of trials this worker trained (or tried to).
   """
-  import jax  # pylint: disable=g-import-not-at-top  (a worker trains: JAX from here on)
-
-  if not jax.config.jax_compilation_cache_dir:  # reruns and repeated shapes skip compiling
-    jax.config.update("jax_compilation_cache_dir", os.path.join(sweepdir, "xla_cache"))
   if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # SIGTERM outside training stops like Ctrl-C
     signal.signal(signal.SIGTERM, raise_interrupt)
   study = studies.open_study(sweep, storage_url, worker_index)
