@@ -2,13 +2,14 @@ r"""Speed of a recipe's train step through the runner: step time, tokens/s, MFU,
 
   python -m benchmarks.train_step --config=configs/shakespeare_char.py:cpu \
       --config.data.manual_dir=../shared/data/tinyshakespeare [--steps=300] [--torch_python=/path/to/python]
-  python -m benchmarks.train_step --config=configs/shakespeare_char.py --steps=30 --log_every=10   # big recipe
+  python -m benchmarks.train_step --config=configs/shakespeare_char.py --steps=30 --log_every=10 \
+      --config.data.manual_dir=../shared/data/tinyshakespeare [--torch_python=/path/to/python]   # big recipe
 
 Trains `--steps` steps of the config with the runner itself (the code path every run uses), logging
 every `--log_every` steps, then reads the step times the runner recorded. The first logged interval
 holds the compilation and is left out of the medians. With --torch_python, the same number of steps of
-benchmarks/torch_shakespeare_char.py (nanoGPT's CPU recipe in PyTorch) runs in that interpreter right
-after, so the ratio of the two is measured in one run. Prints a Markdown table with the machine,
+benchmarks/torch_shakespeare_char.py (nanoGPT's recipe of the config's sizes, in PyTorch) runs in that
+interpreter right after, so the ratio of the two is measured in one run. Prints a Markdown table with the machine,
 library versions and settings.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from benchmarks import torch_twins
 from benchmarks.common import machine_line
 from experiments import host
 from experiments.files import read_metrics
@@ -37,8 +39,9 @@ _STEPS = flags.DEFINE_integer("steps", 300, "Steps to train, rounded up to whole
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps per timed interval.")
 _KEEP_FREED = flags.DEFINE_bool("keep_freed_memory", True, "Apply host.keep_freed_memory as the train command "
                                  "does (one heap for big steps).")
-_TORCH_PYTHON = flags.DEFINE_string("torch_python", "", "A Python with torch: also time the PyTorch CPU recipe "
-                                    "(with configs/shakespeare_char.py:cpu only).")
+_TORCH_PYTHON = flags.DEFINE_string("torch_python", "", "A Python with torch: also time the PyTorch recipe of the "
+                                    "same sizes (configs/shakespeare_char.py:cpu or configs/shakespeare_char.py).")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -69,10 +72,11 @@ def time_recipe(config, steps: int, log_every: int) -> dict[str, float]:
   }
 
 
-def time_torch(python: str, steps: int) -> tuple[float, str]:
+def time_torch(python: str, recipe: str, steps: int) -> tuple[float, str]:
   """Median step ms of the PyTorch recipe in another interpreter, and its version line."""
-  out = subprocess.run([python, os.path.join(REPO, "benchmarks", "torch_shakespeare_char.py"), f"--steps={steps}",
-                        "--time_only"], check=True, capture_output=True, text=True, cwd=REPO).stdout
+  out = subprocess.run([python, os.path.join(REPO, "benchmarks", "torch_shakespeare_char.py"), f"--recipe={recipe}",
+                        f"--steps={steps}", "--time_only"], check=True, capture_output=True, text=True,
+                       cwd=REPO).stdout
   row = [line for line in out.splitlines() if line.startswith("| nan")][0]
   step_ms = float(row.split("|")[3])
   return step_ms, re.search(r"torch [^,]+", out).group(0)
@@ -82,6 +86,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
+  try:  # refused before anything is timed
+    recipe = torch_twins.recipe_of(config) if _TORCH_PYTHON.value else None
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   one_heap = host.one_heap_pays(config)
   kept = host.keep_freed_memory(one_heap) if _KEEP_FREED.value else False
   # The peak is measured before and after the timed run and the higher kept: the machine's speed drifts,
@@ -106,9 +114,7 @@ def main(argv):
         f"{result['p90_ms']:.1f}) | {result['tokens_per_s']:,.0f} | {100 * mfu:.1f}% | "
         f"{100 * result['data_wait']:.1f}% | {result['compile_s']:.1f} | {peak_rss_gib:.2f} |", flush=True)
   if _TORCH_PYTHON.value:
-    if (m.num_layers, m.num_heads, m.d_model, config.data.seq_len, t.batch_size) != (4, 4, 128, 64, 12):
-      raise app.UsageError("--torch_python times nanoGPT's CPU recipe: use it with configs/shakespeare_char.py:cpu")
-    torch_ms, version = time_torch(_TORCH_PYTHON.value, _STEPS.value)
+    torch_ms, version = time_torch(_TORCH_PYTHON.value, recipe, _STEPS.value)
     tokens = t.batch_size * config.data.seq_len
     torch_mfu = result["flops_per_token"] * tokens / (torch_ms / 1e3) / peak
     print(f"| PyTorch recipe ({version}) | | {torch_ms:.1f} | {tokens / (torch_ms / 1e3):,.0f} | "

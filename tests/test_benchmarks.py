@@ -1,0 +1,59 @@
+"""Tests of the benchmarks' comparisons: the PyTorch twins are the project's recipes, each chosen by its config."""
+
+import pytest
+
+from benchmarks import torch_twins
+from configs import shakespeare_char
+from experiments.params import model_config
+from transformer.accounting import parameter_counts
+
+VOCAB = 65  # the characters of Tiny Shakespeare
+
+
+def _project_parameters(variant: str) -> int:
+  config = shakespeare_char.get_config(variant)
+  config.model.vocab_size, config.model.max_len = VOCAB, config.data.seq_len
+  return parameter_counts(model_config(config.model))["total"]
+
+
+@pytest.mark.parametrize("variant,recipe", [("cpu", "cpu"), ("gpu", "gpu")])
+def test_each_config_times_against_its_own_pytorch_recipe(variant, recipe):
+  assert torch_twins.recipe_of(shakespeare_char.get_config(variant)) == recipe
+
+
+@pytest.mark.parametrize("change", ["model.d_model", "train.batch_size", "model.dropout_rate"])
+def test_a_config_without_a_pytorch_twin_is_refused(change):
+  config = shakespeare_char.get_config("gpu")
+  section, key = change.split(".")
+  config[section][key] = config[section][key] / 2 if key == "dropout_rate" else config[section][key] * 2
+  with pytest.raises(ValueError, match="--torch_python"):
+    torch_twins.recipe_of(config)
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_the_pytorch_recipe_has_the_projects_parameters(variant):
+  torch = pytest.importorskip("torch")
+  from benchmarks import torch_shakespeare_char as twin  # pylint: disable=import-outside-toplevel
+
+  model = twin.GPT(VOCAB, twin.RECIPES[variant])
+  # Tied embeddings: named_parameters lists the shared matrix once, as the project counts it.
+  assert sum(p.numel() for p in model.parameters()) == _project_parameters(variant)
+  assert len(torch.nn.utils.parameters_to_vector(model.parameters())) == _project_parameters(variant)
+
+
+def test_the_big_pytorch_recipe_drops_out_in_training_only():
+  torch = pytest.importorskip("torch")
+  from benchmarks import torch_shakespeare_char as twin  # pylint: disable=import-outside-toplevel
+
+  recipe = twin.RECIPES["gpu"]
+  small = twin.Recipe(layers=1, heads=recipe.heads, width=recipe.width, context=16, batch=2,
+                      dropout=recipe.dropout, steps=recipe.steps)
+  torch.manual_seed(0)
+  model = twin.GPT(VOCAB, small)
+  tokens = torch.randint(VOCAB, (2, 16))
+  with torch.no_grad():
+    trained = [model(tokens, tokens) for _ in range(2)]
+    model.eval()
+    evaluated = [model(tokens, tokens) for _ in range(2)]
+  assert not torch.equal(*trained)
+  assert torch.equal(*evaluated)
