@@ -1,7 +1,7 @@
 r"""Attention implementations against sequence length: peak memory and time of a training step's gradient.
 
-  python -m benchmarks.attention_memory [--lengths=1024,8192,16384,32768] [--impls=reference,chunked]
-      [--timed_up_to=8192] [--repeats=5]
+  python -m benchmarks.attention_memory [--lengths=1024,8192,16384,32768] [--impls=reference,chunked,auto]
+      [--timed_up_to=8192] [--repeats=5] [--dtype=bfloat16]
 
 One layer of the :cpu Shakespeare shape (width 128, 4 heads), batch 1, causal mask: the gradient of the
 mean next-token loss with respect to the parameters, jitted. Memory is XLA's own account of the compiled
@@ -28,6 +28,8 @@ _IMPLS = flags.DEFINE_list("impls", ["reference", "chunked"], "Attention impleme
 _TIMED_UP_TO = flags.DEFINE_integer("timed_up_to", 8192, "Run (not only compile) lengths up to this.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per point (after one warm-up run).")
 _CHUNK = flags.DEFINE_integer("chunk_size", 128, "Key block of the chunked implementation.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (cuDNN's flash attention, "
+                           "which `auto` calls on GPUs, needs bfloat16).")
 
 
 def gradient_fn(config: ModelConfig):
@@ -42,7 +44,7 @@ def gradient_fn(config: ModelConfig):
 
 def measure(impl: str, length: int, timed: bool) -> dict[str, float]:
   config = ModelConfig(vocab_size=66, max_len=length, num_layers=1, d_model=128, num_heads=4, use_bias=False,
-                       attention_impl=impl, chunk_size=_CHUNK.value)
+                       attention_impl=impl, chunk_size=_CHUNK.value, dtype=_DTYPE.value)
   tokens = jnp.zeros((1, length + 1), jnp.int32)
   params = jax.eval_shape(lambda: TransformerLM(config).init(jax.random.key(0), tokens[:, :-1]))["params"]
   start = time.perf_counter()
@@ -67,7 +69,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   print(machine_line())
-  print(f"one layer, width 128, 4 heads, batch 1, causal; gradient of the loss; chunk {_CHUNK.value}; "
+  print(f"one layer, width 128, 4 heads, batch 1, causal, {_DTYPE.value}; gradient of the loss; chunk {_CHUNK.value}; "
         f"median of {_REPEATS.value} runs up to T = {_TIMED_UP_TO.value}\n")
   print("| T | " + " | ".join(f"{impl} MiB | {impl} ms" for impl in _IMPLS.value) +
         " | chunked / reference memory | chunked / reference time |")

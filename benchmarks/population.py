@@ -1,7 +1,7 @@
 r"""Model-tokens/s of S members trained as one population against S sequential single runs, and peak memory.
 
   python -m benchmarks.population [--configs=configs/default.py,configs/shakespeare_char.py:cpu] \
-      [--sizes=1,2,4,8,16] [--steps=100] [--manual_dir=../shared/data/tinyshakespeare]
+      [--sizes=1,2,4,8,16] [--steps=100] [--manual_dir=../shared/data/tinyshakespeare] [--max_single_runs=2]
 
 For each config and size S, trains `--steps` steps through the runner (the code path every run uses) once as a
 population of S (population.size=S, seeds train.seed + i) and S times as a single run (seeds 0..S-1), each run in
@@ -38,6 +38,9 @@ _CONFIGS = flags.DEFINE_list("configs", ["configs/default.py", "configs/shakespe
 _SIZES = flags.DEFINE_list("sizes", ["1", "2", "4", "8", "16"], "Population sizes S.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Steps per run (logged at steps/2 and at the end).")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "data.manual_dir for text configs (tiny_shakespeare offline).")
+_MAX_SINGLE_RUNS = flags.DEFINE_integer(
+    "max_single_runs", 0, "Train at most this many single runs per config (seeds 0.. up), shared by every S: S "
+    "sequential runs cost S times one run, so their rates are those runs' (0: S single runs for each S).")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where the runs go (default: a temporary folder, removed after).")
 _POINT = flags.DEFINE_string("point", "", "Internal: one run, as JSON, in this process (what the parent starts).")
 
@@ -99,11 +102,19 @@ def measure(root: str) -> None:
         "sequential | speed-up | peak MiB population | sequential | device MiB population | sequential |")
   print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   for spec in _CONFIGS.value:
+    singles = {}  # seed -> the single run's measurement, when --max_single_runs shares them between sizes
     for size in map(int, _SIZES.value):
       name = f"{spec.replace('/', '_').replace(':', '_')}_S{size}"
       together = _spawn({"config": spec, "size": size, "seed": 0, "workdir": os.path.join(root, name)})
-      apart = [_spawn({"config": spec, "size": 1, "seed": seed, "workdir": os.path.join(root, f"{name}_run{seed}")})
-               for seed in range(size)]
+      if _MAX_SINGLE_RUNS.value:
+        for seed in range(min(size, _MAX_SINGLE_RUNS.value)):
+          if seed not in singles:
+            singles[seed] = _spawn({"config": spec, "size": 1, "seed": seed,
+                                    "workdir": os.path.join(root, f"{name}_run{seed}")})
+        apart = list(singles.values())
+      else:
+        apart = [_spawn({"config": spec, "size": 1, "seed": seed,
+                         "workdir": os.path.join(root, f"{name}_run{seed}")}) for seed in range(size)]
       apart_tokens = sum(r["tokens"] for r in apart)
       incl = (together["tokens"] / together["wall_s"], apart_tokens / sum(r["wall_s"] for r in apart))
       # Sequential runs go one after another: their steady rate is the tokens over the summed steady times.
@@ -122,8 +133,10 @@ def main(argv):
     print("RESULT " + json.dumps(run_point(json.loads(_POINT.value))), flush=True)
     return
   print(machine_line())
+  shared = (f"; the sequential columns from at most {_MAX_SINGLE_RUNS.value} single runs per config, shared by "
+            f"every S" if _MAX_SINGLE_RUNS.value else "")
   print(f"{_STEPS.value} steps a run, logged every {max(_STEPS.value // 2, 1)}; the final evaluation on 1 batch; "
-        f"every run (a population, or one of the S sequential runs) in a fresh process\n")
+        f"every run (a population, or one of the S sequential runs) in a fresh process{shared}\n")
   if _WORKDIR.value:
     measure(_WORKDIR.value)
   else:

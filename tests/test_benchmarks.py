@@ -1,5 +1,10 @@
 """Tests of the benchmarks' comparisons: the PyTorch twins are the project's recipes, each chosen by its config."""
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 
 from benchmarks import torch_twins
@@ -8,6 +13,7 @@ from experiments.params import model_config
 from transformer.accounting import parameter_counts
 
 VOCAB = 65  # the characters of Tiny Shakespeare
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _project_parameters(variant: str) -> int:
@@ -57,3 +63,19 @@ def test_the_big_pytorch_recipe_drops_out_in_training_only():
     evaluated = [model(tokens, tokens) for _ in range(2)]
   assert not torch.equal(*trained)
   assert torch.equal(*evaluated)
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_every_section_at_toy_sizes(tmp_path):
+  """benchmarks/gpu.sh is run on a lent GPU at most once a task: its every section must work before that."""
+  env = dict(os.environ, GPU_SH_SCALE="tiny", PYTHON=sys.executable, TFDS_DATA_DIR=str(tmp_path / "data"),
+             GPU_SH_OUT=str(tmp_path / "out"))
+  done = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu.sh")], env=env, capture_output=True, text=True,
+                        timeout=900, check=False)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  out = done.stdout
+  assert out.count("| this project |") == 2  # the GPT-2-shaped step and the recall model
+  assert "dtype bfloat16" in out and "attention auto" in out
+  assert re.search(r"^\| 64 \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \|", out, re.M)
+  assert re.search(r"^\| configs/default.py \| 2 \| ", out, re.M)
+  assert len(os.listdir(tmp_path / "out")) == 4
