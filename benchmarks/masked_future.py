@@ -96,7 +96,8 @@ def measure(workdir: str, examples: int) -> dict | None:
   summary_path = os.path.join(workdir, "summary.json")
   final = json.load(open(summary_path, encoding="utf-8"))["final"] if os.path.exists(summary_path) else {}
   m = config.model
-  mask = m.mask + (f" {m.window}" if m.mask == "sliding_window" else f" {m.prefix_length}" if m.mask == "prefix" else "")
+  size = {"sliding_window": f" {m.window}", "prefix": f" {m.prefix_length}"}.get(m.mask, "")
+  mask = m.mask + size
   return {"run": os.path.basename(os.path.normpath(workdir)), "mask": mask, "step": step,
           "train/loss": final.get("train/loss"), "eval/loss": final.get("eval/loss"), **measured}
 
