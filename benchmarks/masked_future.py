@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import build, checkpoint
+from experiments import build, checkpoint, population
 from experiments.data import pipeline
 
 
@@ -107,8 +107,9 @@ def main(argv):
   workdir = flags.FLAGS.workdir
   trials = os.path.join(workdir, "trials")
   dirs = [os.path.join(trials, d) for d in sorted(os.listdir(trials))] if os.path.isdir(trials) else [workdir]
-  rows = [r for r in (measure(d, flags.FLAGS.examples) for d in dirs
-                      if os.path.exists(os.path.join(d, "checkpoints"))) if r]
+  # A population member's directory has no checkpoints/ of its own: its member.json names the population's.
+  trained = [d for d in dirs if os.path.exists(os.path.join(d, "checkpoints")) or population.population_of(d)]
+  rows = [r for r in (measure(d, flags.FLAGS.examples) for d in trained) if r]
   if not rows:
     print(f"no run on the induction task or on text with checkpoints in {workdir}")
     return

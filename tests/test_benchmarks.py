@@ -9,8 +9,8 @@ import pytest
 
 from benchmarks import torch_twins
 from configs import shakespeare_char
-from experiments.params import model_config
 from transformer.accounting import parameter_counts
+from transformer.config import model_config_from
 
 VOCAB = 65  # the characters of Tiny Shakespeare
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _project_parameters(variant: str) -> int:
   config = shakespeare_char.get_config(variant)
   config.model.vocab_size, config.model.max_len = VOCAB, config.data.seq_len
-  return parameter_counts(model_config(config.model))["total"]
+  return parameter_counts(model_config_from(config.model.to_dict()))["total"]
 
 
 @pytest.mark.parametrize("variant,recipe", [("cpu", "cpu"), ("gpu", "gpu")])
