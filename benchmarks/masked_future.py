@@ -30,14 +30,19 @@ from experiments import build, checkpoint, population
 from experiments.data import pipeline
 
 
+def jitted_apply(model):
+  """The model's apply, jitted; it retraces once per input length."""
+  return jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+
 def sampled_accuracy(model, params, inputs_BL: np.ndarray, targets_BL: np.ndarray,
-                     weights_BL: np.ndarray) -> tuple[float, float]:
+                     weights_BL: np.ndarray, apply=None) -> tuple[float, float]:
   """(teacher-forced, sampled) accuracy on the weighted positions.
 
   Sampling: position t's input is the model's own prediction at t - 1 wherever t - 1 is an answer
   position, and the model is run on the prefix [0, t) only, so no later token is there to be seen.
   """
-  apply = jax.jit(lambda p, x: model.apply({"params": p}, x))  # retraced once per prefix length
+  apply = apply or jitted_apply(model)  # `apply`: one shared by runs of one architecture
   forced_BL = np.asarray(jnp.argmax(apply(params, jnp.asarray(inputs_BL)), axis=-1))
   seq_BL = inputs_BL.copy()
   sampled_BL = np.zeros_like(inputs_BL)
@@ -54,13 +59,13 @@ def sampled_accuracy(model, params, inputs_BL: np.ndarray, targets_BL: np.ndarra
 
 
 def prefix_only_metrics(model, params, inputs_BL: np.ndarray, targets_BL: np.ndarray,
-                        weights_BL: np.ndarray) -> dict[str, float]:
+                        weights_BL: np.ndarray, apply=None) -> dict[str, float]:
   """Loss and accuracy on the weighted positions from the whole window, and from each position's prefix only.
 
   Prefix-only: the prediction at t comes from a run on inputs [0, t], the tokens after t left out, so a model
   that learned to read later inputs finds none there, as when it generates.
   """
-  apply = jax.jit(lambda p, x: model.apply({"params": p}, x))  # retraced once per prefix length
+  apply = apply or jitted_apply(model)  # `apply`: one shared by runs of one architecture
 
   def loss_and_hits(logits_BLV, targets):
     log_probs = jax.nn.log_softmax(logits_BLV.astype(jnp.float32))
@@ -79,8 +84,11 @@ def prefix_only_metrics(model, params, inputs_BL: np.ndarray, targets_BL: np.nda
           "teacher-forced accuracy": mean(forced_hits_BL), "prefix-only accuracy": mean(prefix_hits_BL)}
 
 
-def measure(workdir: str, examples: int) -> dict | None:
-  """The row of one run on the induction task or on text (None for runs on other tasks)."""
+def measure(workdir: str, examples: int, applies: dict) -> dict | None:
+  """The row of one run on the induction task or on text (None for runs on other tasks).
+
+  `applies` maps a model config to its jitted apply, so the runs of one architecture compile once.
+  """
   config = checkpoint.read_config(workdir)
   if config.data.task not in ("induction", "text"):
     return None
@@ -88,10 +96,11 @@ def measure(workdir: str, examples: int) -> dict | None:
   data = build.load_data(config)
   batch = next(iter(pipeline.eval_batches(data.validation, batch_size=examples)))
   arrays = [np.asarray(batch[k]) for k in ("inputs", "targets", "weights")]
+  apply = applies.setdefault(model.config, jitted_apply(model))
   if config.data.task == "text":
-    measured = prefix_only_metrics(model, params, *arrays)
+    measured = prefix_only_metrics(model, params, *arrays, apply=apply)
   else:
-    forced, sampled = sampled_accuracy(model, params, *arrays)
+    forced, sampled = sampled_accuracy(model, params, *arrays, apply=apply)
     measured = {"teacher-forced accuracy": forced, "sampled accuracy": sampled}
   summary_path = os.path.join(workdir, "summary.json")
   final = json.load(open(summary_path, encoding="utf-8"))["final"] if os.path.exists(summary_path) else {}
@@ -109,7 +118,8 @@ def main(argv):
   dirs = [os.path.join(trials, d) for d in sorted(os.listdir(trials))] if os.path.isdir(trials) else [workdir]
   # A population member's directory has no checkpoints/ of its own: its member.json names the population's.
   trained = [d for d in dirs if os.path.exists(os.path.join(d, "checkpoints")) or population.population_of(d)]
-  rows = [r for r in (measure(d, flags.FLAGS.examples) for d in trained) if r]
+  applies = {}
+  rows = [r for r in (measure(d, flags.FLAGS.examples, applies) for d in trained) if r]
   if not rows:
     print(f"no run on the induction task or on text with checkpoints in {workdir}")
     return
