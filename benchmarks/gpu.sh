@@ -16,7 +16,7 @@
 #
 # The GPU image has JAX, Flax, Optax and Orbax but not ml_collections, grain, tensorflow-datasets, array_record,
 # tensorboardX or optuna: carry them as wheels in .whl/ (see the device tool's README); this script installs
-# whatever .whl/ holds first. Set GPU_SH_OUT to a folder to keep each section's output there too.
+# whatever .whl/ holds first. Set GPU_SH_OUT to a folder to keep each section's table and log there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -41,10 +41,13 @@ else
 fi
 export TFDS_DATA_DIR=${TFDS_DATA_DIR:-$(mktemp -d)}  # the tasks are prepared there, once
 
-section() {  # title, command...
+section() {  # title, command...: its table on stdout and in OUT_DIR/<title>.txt, its log in OUT_DIR/<title>.log
   local title=$1; shift
+  local name; name=$(echo "$title" | tr -c 'a-zA-Z0-9\n' '_')
   echo; echo "## $title"; echo
-  "$@" 2>&1 | tee "$OUT_DIR/$(echo "$title" | tr -c 'a-zA-Z0-9\n' '_').txt" | grep -v -e '^W[0-9]' -e '^I[0-9]'
+  if ! "$@" 2> "$OUT_DIR/$name.log" | tee "$OUT_DIR/$name.txt"; then
+    echo "failed; the end of its log ($OUT_DIR/$name.log):"; tail -n 20 "$OUT_DIR/$name.log"; return 1
+  fi
 }
 
 section "GPT-2 small step, bfloat16, auto attention" \
