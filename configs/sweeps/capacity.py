@@ -5,8 +5,8 @@
 On configs/default.py (2 layers, RoPE, K = D / H) with more pairs per sequence than its 4 in 32 tokens: here the
 differences are what a model of width D can hold, not how fast it gets there. As in Zoology, each point
 trains at a small grid of learning rates and the docs read the best of them per point; the learning rates
-and the replicate seeds of a point train as one population (`vectorize`, at both scales). The grid is large, so a point has
-3 replicates, not 5.
+and the replicate seeds of a point train as one population (`vectorize`, at both scales). The grid is
+large, so a point has 3 replicates, not 5.
 
 Scales: 'cpu' trains 16 pairs in 64 tokens at D in {16, 32, 64, 128} for at most CPU_STEPS steps, 2 learning
 rates, 3 replicates; 'accel' adds D = 256, 8 pairs in 64 tokens and 16 in 128, 4 learning rates and 5
