@@ -127,10 +127,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
   with claim(trial_dir) as owned:
     if not member.take(study, owned, sweep):
       return None
-    # The run (JAX, flax, orbax) is imported here, where a worker trains: the sweep command and its
-    # bookkeeping do without it.
-    from experiments import runner  # pylint: disable=g-import-not-at-top
-
     def on_evaluation(step: int, metrics: dict[str, float]) -> bool:
       """Reports the metric to the study; True (stop, pruned) when the pruner says so to a point's first replicate."""
       if not member.report(step, metrics, sweep.metric):
@@ -138,6 +134,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: ConfigDict, sweep
       return replicate == 0 and space.pruner_name(sweep) != "none" and trial.should_prune()
 
     try:
+      # The run (JAX, flax, orbax) is imported here, where a worker trains: the sweep command and its
+      # bookkeeping do without it. Inside the try: a SIGTERM during the seconds it takes requeues the trial too.
+      from experiments import runner  # pylint: disable=g-import-not-at-top
       config = space.trial_config(sweep, member.params, replicate)
       _record(trial_dir, seed=config.train.seed)
       summary = runner.train_and_evaluate(config, trial_dir, on_evaluation=on_evaluation)
@@ -249,12 +248,12 @@ def run_population(study: optuna.Study, group: list[optuna.Trial], sweep: Config
     population_dir = os.path.join(sweepdir, "populations", hashlib.sha256(names.encode()).hexdigest()[:12])
     for m in members:
       m.join(population_dir, len(members))
-    from experiments import runner  # pylint: disable=g-import-not-at-top  (JAX where a worker trains)
 
     def on_member_evaluation(index: int, step: int, metrics: dict[str, float]) -> None:
       members[index].report(step, metrics, sweep.metric)
 
     try:
+      from experiments import runner  # pylint: disable=g-import-not-at-top  (JAX where a worker trains)
       config = space.population_config(sweep, [(m.params, m.replicate) for m in members])
       for m, seed in zip(members, config.population.member_values.train.seed):
         _record(m.dir, seed=seed)
