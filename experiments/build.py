@@ -129,7 +129,8 @@ class Training:
     local_batch = self.config.train.batch_size // jax.process_count()
     return pipeline.train_iterator(self.data.train, batch_size=local_batch, seed=self.config.train.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
-                                   worker_count=self.config.data.worker_count)
+                                   worker_count=self.config.data.worker_count,
+                                   prefetch_batches=pipeline.prefetch_for(self.config.train.steps_per_call))
 
   def initial_state(self) -> TrainState:
     """The train state at step 0, created already laid out on the mesh."""

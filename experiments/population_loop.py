@@ -122,7 +122,8 @@ class PopulationTraining:
     """Each member's iterator of training batches (its own seed's order), at the start."""
     # One process trains a population (validation says so), so each iterator reads the whole batch.
     return [pipeline.train_iterator(self.data.train, batch_size=m.train.batch_size, seed=m.train.seed,
-                                    process_index=0, process_count=1, worker_count=m.data.worker_count)
+                                    process_index=0, process_count=1, worker_count=m.data.worker_count,
+                                    prefetch_batches=pipeline.prefetch_for(m.train.steps_per_call))
             for m in self.members]
 
   def batches(self, iterators: list[Any], count: int) -> dict[str, jax.Array]:

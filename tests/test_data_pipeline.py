@@ -57,6 +57,22 @@ def test_each_epoch_is_a_new_permutation():
   assert sum((_ids(b) for b in _take(other_seed, 3)), []) != epochs[0]
 
 
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_the_order_is_grains_shuffle_batched_per_epoch(process_count):
+  """The batches are grain's own MapDataset.shuffle of the range, batched per epoch with drop_remainder and
+  repeated (what this pipeline was before it computed a batch's indices itself): earlier runs' checkpoints resume
+  to the same batches. Three epochs, seeds near 2**32 (the per-epoch seed wraps), a remainder dropped."""
+  n, batch = 27, 4
+  for seed in (0, 11, 2**32 - 2):
+    reference = grain.MapDataset.range(n).shuffle(seed=seed).batch(batch * process_count, drop_remainder=True)
+    reference = reference.repeat(None)
+    iterators = [pipeline.train_iterator(_indexed_source(n), batch_size=batch, seed=seed, process_index=p,
+                                         process_count=process_count) for p in range(process_count)]
+    for k in range(3 * (n // (batch * process_count))):
+      rows = [_ids(next(it)) for it in iterators]
+      assert sum(rows, []) == [int(i) for i in reference[k]], (seed, k)
+
+
 def test_drop_remainder_keeps_batches_within_an_epoch():
   iterator = pipeline.train_iterator(_indexed_source(10), batch_size=4, seed=0)
   for _ in range(4):  # two batches per epoch; the 2 left over are dropped, never mixed in

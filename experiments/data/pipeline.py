@@ -8,8 +8,8 @@ float32 [B, T], where B is the per-process batch size. Data come from a prepared
 built-in tasks read theirs that way (experiments/data/datasets.py). Batches and iterator states are the same
 either way.
 
-Both pipelines are `grain.MapDataset`s of example indices (shuffled, sharded, batched) that
-read each batch in one call at the end: pure functions of the step index. A training
+Both pipelines are `grain.MapDataset`s whose element k is batch k, read in one call from the indices of
+its examples (for training, shuffled per epoch and sharded): pure functions of the step index. A training
 iterator's whole state is the index of its next batch, so `get_state()` / `set_state()` restore
 it exactly, whatever the number of read threads. Batches are read ahead by `read_threads`
 background threads (`grain.ReadOptions`), so reading overlaps with the train step; worker
@@ -31,9 +31,11 @@ processes, workers); the state is only an index, so other arguments would silent
 elsewhere in a different stream.
 """
 
+import sys
 from typing import Mapping, Sequence
 
 import grain
+from grain.experimental import index_shuffle
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -107,18 +109,14 @@ def _source(data: tfds.core.DatasetBuilder | Source, split: str) -> Source:
 
 
 class _BatchReader:
-  """Reads the examples at a batch of indices and stacks them; index -1 is an all-zero example.
+  """Reads the examples at a batch of indices and stacks them; index -1 is an all-zero example."""
 
-  With `rows`, reads only that slice of the indices: a process's share of a global batch.
-  """
-
-  def __init__(self, source: Source, rows: slice = slice(None)):
+  def __init__(self, source: Source):
     self._source = source
-    self._rows = rows
     self._padding = {k: np.zeros_like(v) for k, v in source[0].items()}
 
   def __call__(self, indices: Sequence[int]) -> Batch:
-    indices = list(indices)[self._rows]
+    indices = list(indices)
     if isinstance(self._source, ArraySource):
       return self._source.batch(indices)
     keys = [int(i) for i in indices if i >= 0]
@@ -129,6 +127,34 @@ class _BatchReader:
     return {k: np.stack([row[k] for row in rows]) for k in self._padding}
 
 
+class _EpochBatch:
+  """Global batch k of shuffled epochs (this process's rows of it), from its index alone.
+
+  Every epoch is a permutation of the split, cut into len // G batches of G examples (drop_remainder). The
+  permutation is grain's `MapDataset.shuffle(seed)` of the range, epoch e with seed + e (the order this
+  pipeline had when it was that shuffle, batched: earlier checkpoints resume to the same batches). Computed per
+  batch with grain's `index_shuffle`, it costs G calls of microseconds; through the shuffled dataset each
+  example's index went through grain's per-element machinery, several times that, a cost the training loop
+  waited for on small steps (docs/performance.md).
+  """
+
+  _ROUNDS = 4  # as grain's ShuffleMapDataset
+
+  def __init__(self, source: Source, seed: int, global_batch: int, rows: slice):
+    if not 0 <= seed < 2**32:
+      raise ValueError(f"seed={seed}: must be in [0, 2**32)")
+    self._length, self._seed, self._global_batch, self._rows = len(source), seed, global_batch, rows
+    self._per_epoch = self._length // global_batch
+    self._read = _BatchReader(source)
+
+  def __call__(self, k: int) -> Batch:
+    epoch, in_epoch = divmod(k, self._per_epoch)
+    seed, last = (self._seed + epoch) % 2**32, self._length - 1
+    first = in_epoch * self._global_batch
+    positions = range(first + self._rows.start, first + self._rows.stop)
+    return self._read([index_shuffle(p, last, seed, self._ROUNDS) for p in positions])
+
+
 def _check(batch_size: int, process_index: int, process_count: int, num_examples: int) -> None:
   """Raises a one-line ValueError naming the bad argument."""
   if batch_size < 1:
@@ -137,6 +163,16 @@ def _check(batch_size: int, process_index: int, process_count: int, num_examples
     raise ValueError(f"process_index={process_index}: must be in [0, {process_count})")
   if num_examples < 1:
     raise ValueError("data: the split is empty")
+
+
+def prefetch_for(steps_per_call: int) -> int:
+  """Batches to read ahead for a loop that takes `steps_per_call` batches per compiled call: two calls' worth.
+
+  With fewer, the reading threads cannot have a whole call's batches ready while the previous call computes,
+  and the loop waits for the rest (8 for calls of 10 steps: 0.45 ms a batch on the README's main job, against
+  0.05 with 16; docs/performance.md).
+  """
+  return max(8, 2 * steps_per_call)
 
 
 def _read_options(read_threads: int, prefetch_batches: int) -> grain.ReadOptions:
@@ -185,20 +221,17 @@ def train_iterator(
   """
   source = _source(data, split)
   _check(batch_size, process_index, process_count, len(source))
-  # The pipeline shuffles indices and reads a batch at a time at the end. Indices past the
-  # end of the range mean later epochs: the shuffle folds the epoch into its seed, and batch
-  # passes the epoch through, so every epoch is reshuffled. All processes batch the same global
-  # permutation and each reads only its rows of a global batch.
-  indices = grain.MapDataset.range(len(source)).shuffle(seed=seed)
-  global_batch = batch_size * process_count
-  if len(indices) < global_batch:
+  if len(source) < batch_size * process_count:
     raise ValueError(
         f"batch_size={batch_size}: the global batch of {process_count} x {batch_size} is larger"
-        f" than the {len(indices)} examples of the split"
+        f" than the {len(source)} examples of the split"
     )
-  rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
-  batches = indices.batch(global_batch, drop_remainder=True, batch_fn=_BatchReader(source, rows))
-  batches = batches.repeat(None).to_iter_dataset(_read_options(read_threads, prefetch_batches))
+  # Element k is global batch k of an endless run of epochs, read in one call (_EpochBatch): all processes
+  # batch the same global permutation and each reads only its rows of a global batch.
+  epoch_batch = _EpochBatch(source, seed, batch_size * process_count,
+                            slice(process_index * batch_size, (process_index + 1) * batch_size))
+  batches = grain.MapDataset.range(sys.maxsize).map(epoch_batch)
+  batches = batches.to_iter_dataset(_read_options(read_threads, prefetch_batches))
   if worker_count > 0:
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(batches)
