@@ -207,3 +207,32 @@ def test_in_memory_keeps_a_source_too_large_for_its_limit(builder):
   one_example = sum(v.nbytes for v in source[0].values())
   assert pipeline.in_memory(source, max_bytes=one_example * len(source) - 1) is source
   assert isinstance(pipeline.in_memory(source, max_bytes=one_example * len(source)), pipeline.ArraySource)
+
+
+class _CountingSource:
+  """A list source that counts the examples read from it."""
+
+  def __init__(self, examples):
+    self.examples, self.reads = examples, 0
+
+  def __len__(self):
+    return len(self.examples)
+
+  def __getitem__(self, index):
+    self.reads += 1
+    return self.examples[index]
+
+
+@pytest.mark.parametrize("max_bytes", [pipeline.IN_MEMORY_MAX_BYTES, 1])
+def test_the_training_split_is_read_into_memory_by_its_first_batch_only(max_bytes):
+  """Opening the data and building the iterator read single examples only; the first batch reads the split
+  (into arrays, or, too large for the limit, from the source itself), and the batches are the source's."""
+  counting = _CountingSource(_indexed_source(30))
+  lazy = pipeline.InMemoryOnFirstBatch(counting, max_bytes=max_bytes)
+  iterator = pipeline.train_iterator(lazy, batch_size=4, seed=5, read_threads=1, prefetch_batches=1)
+  assert len(lazy) == 30 and lazy[3]["inputs"][0] == 4
+  assert counting.reads <= 3, "the split was read before training asked for a batch"
+  _assert_same_batches(_take(iterator, 16), _take(pipeline.train_iterator(_indexed_source(30), batch_size=4,
+                                                                          seed=5), 16))
+  if max_bytes > 1:
+    assert counting.reads <= 3 + 30, "the split was read more than once"
