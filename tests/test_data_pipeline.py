@@ -224,15 +224,19 @@ class _CountingSource:
 
 
 @pytest.mark.parametrize("max_bytes", [pipeline.IN_MEMORY_MAX_BYTES, 1])
-def test_the_training_split_is_read_into_memory_by_its_first_batch_only(max_bytes):
-  """Opening the data and building the iterator read single examples only; the first batch reads the split
-  (into arrays, or, too large for the limit, from the source itself), and the batches are the source's."""
+def test_the_training_split_is_read_into_memory_when_an_iterator_is_built(max_bytes):
+  """Opening the data reads single examples only; building the training iterator reads the split once (into
+  arrays, or, too large for the limit, not at all), and the batches are the source's."""
   counting = _CountingSource(_indexed_source(30))
-  lazy = pipeline.InMemoryOnFirstBatch(counting, max_bytes=max_bytes)
-  iterator = pipeline.train_iterator(lazy, batch_size=4, seed=5, read_threads=1, prefetch_batches=1)
+  lazy = pipeline.InMemoryWhenIterated(counting, max_bytes=max_bytes)
   assert len(lazy) == 30 and lazy[3]["inputs"][0] == 4
-  assert counting.reads <= 3, "the split was read before training asked for a batch"
-  _assert_same_batches(_take(iterator, 16), _take(pipeline.train_iterator(_indexed_source(30), batch_size=4,
-                                                                          seed=5), 16))
+  assert counting.reads == 1, "the split was read before an iterator was built over it"
+  iterator = pipeline.train_iterator(lazy, batch_size=4, seed=5)
   if max_bytes > 1:
-    assert counting.reads <= 3 + 30, "the split was read more than once"
+    assert counting.reads == 1 + 1 + 30  # the first example (its size), then every example once
+  expected = pipeline.train_iterator(_indexed_source(30), batch_size=4, seed=5)
+  _assert_same_batches(_take(iterator, 16), _take(expected, 16))
+  again = pipeline.train_iterator(lazy, batch_size=4, seed=5)
+  _assert_same_batches(_take(again, 3), _take(pipeline.train_iterator(_indexed_source(30), batch_size=4, seed=5), 3))
+  if max_bytes > 1:
+    assert counting.reads == 1 + 1 + 30, "the split was read again"

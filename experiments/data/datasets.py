@@ -43,8 +43,8 @@ def load(data: ConfigDict, data_dir: str) -> Data:
   if data.task != TEXT:
     builder = tasks.prepare(data.task, data_dir, **task_sizes(data))
     # A task's splits are small (experiments/data/pipeline.py, in_memory): batches are then gathers, not decodes.
-    # The training split is read when training reads it: the other commands open the data too.
-    return Data(train=pipeline.InMemoryOnFirstBatch(builder.as_data_source("train")),
+    # The training split is read when training iterates over it: the other commands open the data too.
+    return Data(train=pipeline.InMemoryWhenIterated(builder.as_data_source("train")),
                 validation=pipeline.in_memory(builder.as_data_source("validation")),
                 vocab_size=builder.builder_config.vocab_size, tokenizer=None)
   builder = text.prepare_builder(data.dataset, data_dir, text_files=data.text_files,

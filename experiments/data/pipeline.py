@@ -100,20 +100,22 @@ def in_memory(source: Source, max_bytes: int = IN_MEMORY_MAX_BYTES, chunk: int =
   return ArraySource(arrays)
 
 
-class InMemoryOnFirstBatch:
-  """`source`, read into memory (`in_memory`) when its first batch is read, not before.
+class InMemoryWhenIterated:
+  """`source`, read into memory (`in_memory`) when the first iterator is built over it, not before.
 
-  A run's data are opened by every command, but only training reads the training split's batches: evaluating,
+  A run's data are opened by every command, but only training iterates over the training split: evaluating,
   sampling and inspecting a checkpoint do not wait for it to be read (about half a second for 20,000 recall
-  examples). Single examples are read from `source` itself until then.
+  examples). The read happens before the training loop starts, not in its first timed interval. Single
+  examples are read from `source` itself until then.
   """
 
   def __init__(self, source: Source, max_bytes: int = IN_MEMORY_MAX_BYTES):
     self._source, self._max_bytes = source, max_bytes
     self._loaded: Source | None = None
-    self._lock = threading.Lock()  # grain's read threads ask for the first batches together
+    self._lock = threading.Lock()  # iterators may be built in several threads
 
-  def _read(self) -> Source:
+  def load(self) -> Source:
+    """The source in memory (or `source` itself, when it is larger than `max_bytes`), read once."""
     with self._lock:
       if self._loaded is None:
         self._loaded = in_memory(self._source, self._max_bytes)
@@ -122,18 +124,8 @@ class InMemoryOnFirstBatch:
   def __len__(self) -> int:
     return len(self._source)
 
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+  def __getitem__(self, index: int) -> Mapping[str, np.ndarray]:
     return (self._source if self._loaded is None else self._loaded)[index]
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    return _read_examples(self._read(), indices)
-
-  def batch(self, indices: Sequence[int]) -> Batch:
-    """The examples at `indices` stacked, index -1 being an all-zero example (as ArraySource.batch)."""
-    loaded = self._read()
-    if isinstance(loaded, ArraySource):
-      return loaded.batch(indices)
-    return _BatchReader(loaded)(indices)
 
 
 def _read_examples(source: Source, indices: Sequence[int]) -> list[Mapping[str, np.ndarray]]:
@@ -146,7 +138,7 @@ def _source(data: tfds.core.DatasetBuilder | Source, split: str) -> Source:
   """Returns the random-access source of `split` of a builder, or `data` itself if it is one."""
   if isinstance(data, tfds.core.DatasetBuilder):
     return data.as_data_source(split=split)
-  return data
+  return data.load() if isinstance(data, InMemoryWhenIterated) else data
 
 
 class _BatchReader:
@@ -158,7 +150,7 @@ class _BatchReader:
 
   def __call__(self, indices: Sequence[int]) -> Batch:
     indices = list(indices)
-    if isinstance(self._source, (ArraySource, InMemoryOnFirstBatch)):
+    if isinstance(self._source, ArraySource):
       return self._source.batch(indices)
     examples = iter(_read_examples(self._source, [int(i) for i in indices if i >= 0]))
     rows = [next(examples) if i >= 0 else self._padding for i in indices]
