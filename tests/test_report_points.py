@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments.files import write_json
-from experiments.sweeps import report, results
+from experiments.sweeps import figures, report, results
 
 T_975_DF2 = 4.302652729911275  # the 0.975 quantile of Student's t with 2 degrees of freedom, from a table
 
@@ -171,6 +171,24 @@ def test_the_figures_are_pngs_of_a_readable_size(target_sweep):
       height, width = pixels.shape[:2]
       assert 300 < width < 2000 and 300 < height < 2000, (name, pixels.shape)
       assert pixels[..., :3].std() > 0.05, f"{name} is blank"
+
+
+def test_a_path_held_at_one_value_gets_no_figure_and_no_place_in_the_labels(tmp_path):
+  """A zipped setting of one value (as capacity.py's cpu scale) beside a varied path: the figures are of the varied
+  path only, labelled by it; the tables keep every path."""
+  sweepdir = tmp_path / "sweep"
+  write_sweep(sweepdir, [{"paths": ["data.num_pairs", "data.seq_len"], "values": [[8, 32]]},
+                         {"path": "model.num_heads", "values": [1, 4]}], replicates=1)
+  for heads in (1, 4):
+    write_trial(sweepdir, f"num_heads-{heads}", 0, {"data.num_pairs": 8, "data.seq_len": 32, "model.num_heads": heads},
+                [0.2, 0.5])
+  rows, paths, metric = results.collect(str(sweepdir))
+  point_rows = results.points(rows, results.read_sweep(str(sweepdir)), paths, metric)
+  kept, labelled = figures.varied(point_rows, paths)
+  assert set(paths) == {"data.num_pairs", "data.seq_len", "model.num_heads"} and kept == ["model.num_heads"]
+  assert [p["_label"] for p in labelled] == ["num_heads=1", "num_heads=4"]
+  (only,) = [p for p in labelled if p["model.num_heads"] == 1]
+  assert figures.varied([only], paths)[1][0]["_label"] == only["point"]
 
 
 def test_the_eval_band_carries_a_run_stopped_at_its_target_forward(tmp_path):

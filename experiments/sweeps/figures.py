@@ -5,10 +5,11 @@ unless a list of trials needs the height:
 
 - loss_curves.png: the training loss of every trial, a colour per point.
 - <metric>_by_trial.png: the final metric of every trial by name (shows zipped parameters as they were set).
-- <metric>_vs_<path>.png, for each swept path: each point's mean final metric with its 95% t-interval as an error
-  bar, its seeds as faint dots beside it; one labelled series per combination of the other swept values; a dashed
-  chance line for the accuracy of a task that has one (associative recall: 1 / num_pairs). The y axis shows at
-  least every interval and the chance line with a margin (all of [0, 1] for an accuracy), never zoomed into them.
+- <metric>_vs_<path>.png, for each swept path with more than one value among the points (`varied`): each
+  point's mean final metric with its 95% t-interval as an error bar, its seeds as faint dots beside it; one
+  labelled series per combination of the other swept values; a dashed chance line for the accuracy of a task that
+  has one (associative recall: 1 / num_pairs). The y axis shows at least every interval and the chance line with a
+  margin (all of [0, 1] for an accuracy), never zoomed into them.
 - <metric>_vs_parameters.png, where the points differ in size: the same means against the parameter count, one
   labelled series per point.
 - eval_curves.png: per point, the mean eval metric over its seeds against the step, shaded with its 95% t-band
@@ -300,6 +301,19 @@ def _steps_to_target(plt, plotted: list[dict[str, Any]], workdir: str) -> str | 
   return _save(fig, workdir, "steps_to_target.png")
 
 
+def varied(points: list[dict[str, Any]], paths: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+  """The paths whose value differs between `points`, and the points labelled by those alone.
+
+  A path with one value over the points plotted (a zipped setting held fixed, a grid axis of one value) gets no
+  figure of its own, where every point would sit at one x, and no place in the labels, where it would repeat in
+  every one. A point whose paths all have one value keeps its id as its label.
+  """
+  kept = [path for path in paths if len({str(point.get(path)) for point in points}) > 1]
+  labelled = [{**point, "_label": ", ".join(f"{p.rsplit('.', 1)[-1]}={point[p]}" for p in kept) or point["point"]}
+              for point in points]
+  return kept, labelled
+
+
 def write(rows: list[dict[str, Any]], point_rows: list[dict[str, Any]], paths: list[str], metric: str,
           workdir: str) -> list[str]:
   """Writes the figures of the module docstring that the rows have data for; returns their file names."""
@@ -308,7 +322,7 @@ def write(rows: list[dict[str, Any]], point_rows: list[dict[str, Any]], paths: l
   matplotlib.use("Agg")  # files only, no display
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  plotted = [point for point in point_rows if point["n"]]
+  paths, plotted = varied([point for point in point_rows if point["n"]], paths)
   chance = _chance(rows, metric)
   with matplotlib.rc_context(FONTS):
     written = [_loss_curves(plt, rows, workdir), _by_trial(plt, rows, metric, workdir)]
