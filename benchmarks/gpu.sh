@@ -33,7 +33,7 @@ if [[ "${GPU_SH_SCALE:-full}" == tiny ]]; then
         --config.model.mlp_dim=256 --config.model.max_len=64 --config.model.vocab_size=512
         --config.data.seq_len=64 --config.data.vocab_size=512 --config.data.num_train=64
         --config.data.num_validation=8 --config.train.batch_size=4 --steps=4 --log_every=2)
-  LENGTHS=64,128; RECALL=(--steps=4 --log_every=2); SIZES=1,2; POPULATION_STEPS=4
+  LENGTHS=64; RECALL=(--steps=4 --log_every=2); SIZES=2; POPULATION_STEPS=4
 else
   GPT2=(--config.data.seq_len=1024 --config.data.vocab_size=50257 --config.data.num_train=4096
         --config.data.num_validation=64 --config.train.batch_size=32 --steps=40 --log_every=10)
