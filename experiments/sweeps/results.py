@@ -284,6 +284,11 @@ def points(rows: list[dict[str, Any]], sweep: dict, paths: list[str], metric: st
   return [_point_row(values, point, members, sweep.get("replicates", 1), metric) for values, point, members in found]
 
 
+def point_label(values: dict[str, Any]) -> str:
+  """A point's values as its figures label it: the last part of each path, e.g. 'num_heads=4, learning_rate=0.001'."""
+  return ", ".join(f"{path.rsplit('.', 1)[-1]}={value}" for path, value in values.items())
+
+
 def _point_row(values: dict[str, Any], point: str, members: list[dict[str, Any]], planned: int,
                metric: str) -> dict[str, Any]:
   """The statistics of one point's replicates (see the module docstring)."""
@@ -301,7 +306,7 @@ def _point_row(values: dict[str, Any], point: str, members: list[dict[str, Any]]
                          "parameters": round(sum(sizes) / len(sizes)) if sizes else None,
                          "not counted": ", ".join(f"{n} {status}" for status, n in sorted(others.items())),
                          "_members": counted,
-                         "_label": ", ".join(f"{p.rsplit('.', 1)[-1]}={v}" for p, v in values.items()) or point}
+                         "_label": point_label(values) or point}
   target = next((r["target"] for r in counted if r["target"]), "")
   if target:
     reached = [r["steps to target"] for r in counted if r["reached target"]]
