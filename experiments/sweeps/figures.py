@@ -274,6 +274,7 @@ def _steps_to_target(plt, plotted: list[dict[str, Any]], workdir: str) -> str | 
     return label if labels.pop(label, False) else None
 
   highest = 0
+  upright = len(targeted) <= 6  # "median not reached" upright while such labels fit side by side, else turned
   for index, point in enumerate(targeted):
     members = point["_members"]
     for rank, row in enumerate(members):
@@ -285,14 +286,13 @@ def _steps_to_target(plt, plotted: list[dict[str, Any]], workdir: str) -> str | 
                    label=once("not reached (censored)"))
       highest = max(highest, row["_last_step"])
     median = point["median steps to target"]
-    if median == results.NOT_REACHED:  # upright beside each other while they fit, else turned to stay apart
-      upright = len(targeted) <= 6
+    if median == results.NOT_REACHED:
       ax.annotate("median\nnot reached" if upright else "median not reached",
                   (index, max(r["_last_step"] for r in members)), xytext=(0, 8), textcoords="offset points",
                   ha="center", va="bottom", fontsize=8, rotation=0 if upright else 90)
     else:
       ax.scatter([index], [median], marker="_", s=400, linewidths=2, color="black", label=once("median"))
-  ax.set_ylim(0, highest * (1.15 if len(targeted) <= 6 else 1.6) or 1)  # room for the turned labels
+  ax.set_ylim(0, highest * (1.15 if upright else 1.6) or 1)  # room above the dots for the labels
   ax.set_xlim(-0.6, len(targeted) - 0.4)
   ax.set_xticks(range(len(targeted)), [p["_label"] for p in targeted], rotation=30 if len(targeted) > 3 else 0,
                 ha="right" if len(targeted) > 3 else "center")
