@@ -8,6 +8,23 @@ import platform
 import jax
 
 
+# Vector extensions that decide how fast XLA's and PyTorch's CPU kernels run, as /proc/cpuinfo names them.
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def cpu_model() -> str:
+  """The CPU's model name as the kernel reports it, with its vector extensions (virtual machines may hide the model)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except OSError:
+    return platform.machine()
+  names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+  flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+  isa = [flag for flag in _ISA_FLAGS if flag in flags]
+  return (names[0] if names else platform.machine()) + (f" [{' '.join(isa)}]" if isa else "")
+
+
 def machine_line() -> str:
-  return (f"machine: {platform.machine()}, {os.cpu_count()} CPUs, devices {jax.devices()}; jax {jax.__version__}, "
-          f"Python {platform.python_version()}")
+  return (f"machine: {cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, devices {jax.devices()}; "
+          f"jax {jax.__version__}, Python {platform.python_version()}")
