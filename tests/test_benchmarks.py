@@ -5,9 +5,11 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from benchmarks import torch_twins
+from benchmarks import matmul_shapes, profile_step, torch_twins
 from configs import shakespeare_char
 from transformer.accounting import parameter_counts
 from transformer.config import model_config_from
@@ -79,3 +81,38 @@ def test_the_gpu_check_runs_every_section_at_toy_sizes(tmp_path):
   assert re.search(r"^\| 64 \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \|", out, re.M)
   assert re.search(r"^\| configs/default.py \| 2 \| ", out, re.M)
   assert sorted(name.rsplit(".", 1)[1] for name in os.listdir(tmp_path / "out")) == ["log"] * 4 + ["txt"] * 4
+
+
+@pytest.mark.parametrize("op_name,part", [
+    ("jit(train_steps)/while/body/closed_call/transpose(jvp(TransformerLM))/block_1/mlp/dot_general",
+     "backward block_N/mlp"),
+    ("jit(train_steps)/while/body/closed_call/jvp(TransformerLM)/block_0/attention/BLHK,BMHK->BHLM",
+     "forward block_N/attention"),
+    ("jit(train_steps)/while/body/closed_call/jvp(TransformerLM)/block_3/attention/jit(_where)/select_n",
+     "forward block_N/attention"),
+    ("jit(train_steps)/while/body/closed_call/jvp(TransformerLM)/block_2/add", "forward block_N"),
+    ("jit(train_steps)/while/body/closed_call/jvp(TransformerLM)/final_norm/mul", "forward final_norm"),
+    ("jit(train_steps)/while/body/closed_call/transpose(jvp(TransformerLM))/dot_general", "backward top level"),
+    ("jit(train_steps)/while/body/closed_call/sqrt", "update"),
+    ("", "unattributed"),
+])
+def test_the_profile_names_the_part_of_the_step_an_op_comes_from(op_name, part):
+  assert profile_step.part_of(op_name) == part
+
+
+def test_the_profile_finds_each_matmul_of_a_compiled_loop_with_its_flops_and_runs(tmp_path):
+  """The products matmul_shapes times stay in its loop, and the profiler's events are matched to their dots."""
+  x, y = jnp.ones((48, 32)), jnp.ones((32, 24))
+  program = matmul_shapes._in_one_program(jnp.matmul, 4)
+  compiled = program.lower(x, y).compile()
+  ops = profile_step.compiled_ops(compiled.as_text())
+  matmuls = {name: op for name, op in ops.items() if op.kind == "matmul"}
+  assert [op.flops for op in matmuls.values()] == [2 * 48 * 32 * 24]
+  with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+    for _ in range(3):
+      compiled(x, y).block_until_ready()
+  micros, runs, covered = profile_step.op_microseconds(profile_step.trace_events(str(tmp_path)), ops)
+  assert {runs[name] for name in matmuls} == {3 * 4}  # 3 calls of 4 products: none hoisted out of the loop
+  assert 0 < covered <= sum(micros.values()) + 1e-6
+  table = profile_step.by_part(micros, ops)
+  assert sum(kinds["matmul"] for kinds in table.values()) == pytest.approx(sum(micros[name] for name in matmuls))
