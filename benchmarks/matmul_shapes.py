@@ -1,19 +1,28 @@
-r"""The products of the small Shakespeare recipe's step, one at a time: XLA against PyTorch, and attention layouts.
+r"""The products of the small Shakespeare recipe's step, one at a time: XLA against PyTorch, on all cores and one.
 
-  python -m benchmarks.matmul_shapes [--repeats=200] [--torch_python=/path/to/python]
+  python -m benchmarks.matmul_shapes [--rounds=3] [--repeats=30] [--torch_python=/path/to/python]
 
 Each product of configs/shakespeare_char.py:cpu's train step (batch 12 x context 64 = 768 tokens, width 128,
-4 heads of 32, MLP 512, 65 characters) is timed alone, float32: jitted by XLA (the median of --repeats calls,
-each waited for) and, with --torch_python, as PyTorch eager runs the same product on arrays of the same shapes
-in that interpreter. The attention products are also timed in the layouts XLA could be given, to find one its
-CPU emitter runs near its GEMM rate: the einsum the model writes (heads after the sequence, [B, L, H, K]),
-heads before it ([B, H, L, K]: a plain batched matmul), and the 48 (batch x head) products as 48 unbatched dots
-in one program. Prints GFLOP/s (2 x M x N x K per product) in a Markdown table with the machine and versions.
+4 heads of 32, MLP 512, 65 characters) is timed alone, float32. XLA runs it --products_per_call times in one
+compiled loop (as the step runs its products: no dispatch between them; each result is summed into the
+loop's carry, so none can be skipped, which adds a reduction of the output to each product), the median of
+--repeats calls. With --torch_python, PyTorch eager runs the same product on arrays of the same shapes in that
+interpreter (the median of 10 x --repeats calls; its step is eager too). Both are timed twice: on every core
+of the machine, and on one (XLA in a process pinned to one CPU; PyTorch with one thread), which shows how much
+each library gains from the second core at these sizes. Each column is timed in a process of its own, the
+columns taking turns for --rounds rounds, and keeps its median: the machine's speed drifts.
+
+The attention products are also timed in the layouts XLA could be given: the einsum the model writes (heads
+after the sequence, [B, L, H, K]), heads before it ([B, H, L, K]: a plain batched matmul), and the 48
+(batch x head) products as 48 unbatched dots in one program. Prints GFLOP/s (2 x M x N x K per product) in a
+Markdown table with the machine and versions.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,9 +35,16 @@ from absl import app, flags
 
 from benchmarks.common import machine_line
 
-_REPEATS = flags.DEFINE_integer("repeats", 200, "Timed calls per product (after 10 warm-up calls).")
+_REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per product (after a few warm-up calls).")
+_PRODUCTS_PER_CALL = flags.DEFINE_integer("products_per_call", 50, "Products in each of XLA's timed calls.")
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", "", "A Python with torch: time the same products in PyTorch.")
-_POINT = flags.DEFINE_bool("torch_point", False, "Internal: time the products in PyTorch in this process.")
+_POINT = flags.DEFINE_enum("point", "", ["", "xla", "torch"], "Internal: time one library's products in this "
+                           "process and print them as JSON.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds in which every column is timed once, in turn.")
+_THREADS = flags.DEFINE_integer("threads", 0, "Internal: PyTorch's threads (0: its default).")
+_PIN_CPU = flags.DEFINE_integer("pin_cpu", -1, "Internal: run on this CPU alone (-1: on all).")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 B, L, D, H, K, F, V = 12, 64, 128, 4, 32, 512, 65
 N = B * L
@@ -57,8 +73,8 @@ def flops(spec: str, a: tuple[int, ...], b: tuple[int, ...]) -> float:
   return 2.0 * float(np.prod(list(sizes.values())))
 
 
-def _median_seconds(call, repeats: int) -> float:
-  for _ in range(10):
+def _median_seconds(call, repeats: int, warmup: int = 3) -> float:
+  for _ in range(warmup):
     call()
   times = []
   for _ in range(repeats):
@@ -68,30 +84,43 @@ def _median_seconds(call, repeats: int) -> float:
   return statistics.median(times)
 
 
-def time_xla(repeats: int) -> dict[str, float]:
-  """GFLOP/s of each product jitted by XLA."""
+def _in_one_program(product, count: int):
+  """A jitted program that computes `product` of its operands `count` times in a loop, each result consumed."""
+
+  def looped(x, y):
+    def body(carry, _):
+      # The carry enters the operand, so the product cannot be hoisted out of the loop.
+      return carry + product(x + carry, y).sum() * 1e-30, None
+
+    return jax.lax.scan(body, jnp.float32(0), None, length=count)[0]
+
+  return jax.jit(looped)
+
+
+def time_xla(repeats: int, count: int) -> dict[str, float]:
+  """GFLOP/s of each product jitted by XLA, `count` products per call."""
   rng = np.random.default_rng(0)
   rates = {}
-  for name, (spec, a, b) in PRODUCTS.items():
+  for name, (spec, a, b) in (PRODUCTS | LOOPED).items():
     x, y = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (a, b))
-    product = jax.jit(lambda p, q, spec=spec: jnp.einsum(spec, p, q))
-    rates[name] = flops(spec, a, b) / _median_seconds(lambda: product(x, y).block_until_ready(), repeats) / 1e9
-  for name, (spec, a, b) in LOOPED.items():
-    x, y = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (a, b))
+    if name in LOOPED:
+      def product(p, q, spec=spec):
+        return jnp.stack([jnp.stack([jnp.einsum(spec, p[i, h], q[i, h]) for h in range(H)]) for i in range(B)])
 
-    def unrolled(p, q, spec=spec):
-      return jnp.stack([jnp.stack([jnp.einsum(spec, p[i, h], q[i, h]) for h in range(H)]) for i in range(B)])
-
-    product = jax.jit(unrolled)
-    total = flops(spec, a[2:], b[2:]) * B * H
-    rates[name] = total / _median_seconds(lambda: product(x, y).block_until_ready(), repeats) / 1e9
+      total = flops(spec, a[2:], b[2:]) * B * H
+    else:
+      product, total = functools.partial(jnp.einsum, spec), flops(spec, a, b)
+    program = _in_one_program(product, count)
+    rates[name] = total * count / _median_seconds(lambda: program(x, y).block_until_ready(), repeats) / 1e9
   return rates
 
 
-def time_torch_here(repeats: int) -> dict[str, float]:
+def time_torch_here(repeats: int, threads: int) -> dict[str, float]:
   """GFLOP/s of each product in PyTorch eager (run in an interpreter that has torch)."""
   import torch  # pylint: disable=import-outside-toplevel
 
+  if threads:
+    torch.set_num_threads(threads)
   rates = {}
   for name, (spec, a, b) in (PRODUCTS | LOOPED).items():
     x, y = torch.randn(a), torch.randn(b)
@@ -100,33 +129,53 @@ def time_torch_here(repeats: int) -> dict[str, float]:
       total = flops(spec, a[2:], b[2:]) * B * H
     else:
       batched, total = spec, flops(spec, a, b)
-    rates[name] = total / _median_seconds(lambda s=batched: torch.einsum(s, x, y), repeats) / 1e9
+    rates[name] = total / _median_seconds(lambda s=batched: torch.einsum(s, x, y), 10 * repeats, 10) / 1e9
   return rates
+
+
+def _point(python: str, point: str, *flags_: str) -> dict[str, float]:
+  """The rates a child process of this benchmark prints."""
+  done = subprocess.run([python, "-m", "benchmarks.matmul_shapes", f"--point={point}", f"--repeats={_REPEATS.value}",
+                         f"--products_per_call={_PRODUCTS_PER_CALL.value}", *flags_], capture_output=True, text=True,
+                        check=True, cwd=REPO)
+  return json.loads([x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _POINT.value:
-    print("RESULT " + json.dumps(time_torch_here(_REPEATS.value)))
+    if _PIN_CPU.value >= 0:  # before XLA's CPU client starts its threads
+      os.sched_setaffinity(0, {_PIN_CPU.value})
+    rates = (time_xla(_REPEATS.value, _PRODUCTS_PER_CALL.value) if _POINT.value == "xla"
+             else time_torch_here(_REPEATS.value, _THREADS.value))
+    print("RESULT " + json.dumps(rates))
     return
-  xla = time_xla(_REPEATS.value)
-  torch_rates, version = {}, ""
+  cpus = sorted(os.sched_getaffinity(0))
+  # Each column is a child process; the columns take turns over --rounds rounds and each keeps its median,
+  # so that a phase of the machine's drifting speed falls on all of them.
+  columns = {f"XLA, {len(cpus)} cores": (sys.executable, "xla", ()),
+             "XLA, 1 core": (sys.executable, "xla", (f"--pin_cpu={cpus[0]}",))}
+  version = ""
   if _TORCH_PYTHON.value:
-    done = subprocess.run([_TORCH_PYTHON.value, "-m", "benchmarks.matmul_shapes", "--torch_point",
-                           f"--repeats={_REPEATS.value}"], capture_output=True, text=True, check=True)
-    torch_rates = json.loads([x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
-    version = subprocess.run([_TORCH_PYTHON.value, "-c", "import torch; print(torch.__version__, "
-                              "torch.get_num_threads())"], capture_output=True, text=True, check=True).stdout.split()
-    version = f"; torch {version[0]} ({version[1]} threads)"
+    found = subprocess.run([_TORCH_PYTHON.value, "-c", "import torch; print(torch.__version__, "
+                            "torch.get_num_threads())"], capture_output=True, text=True, check=True).stdout.split()
+    columns[f"PyTorch, {found[1]} threads"] = (_TORCH_PYTHON.value, "torch", ())
+    columns["PyTorch, 1 thread"] = (_TORCH_PYTHON.value, "torch", ("--threads=1",))
+    version = f"; torch {found[0]}"
+  rounds = [{column: _point(python, point, *extra) for column, (python, point, extra) in columns.items()}
+            for _ in range(_ROUNDS.value)]
+  medians = {column: {name: statistics.median(r[column][name] for r in rounds) for name in PRODUCTS | LOOPED}
+             for column in columns}
   print(f"{machine_line()}{version}")
-  print(f"float32; median of {_REPEATS.value} calls; GFLOP/s = 2 x M x N x K / time (PyTorch: eager, with "
-        "torch.einsum; its 'unbatched' rows are the batched einsum)\n")
-  print("| product | XLA GFLOP/s | PyTorch GFLOP/s |")
-  print("| --- | ---: | ---: |")
-  for name, rate in xla.items():
-    theirs = f"{torch_rates[name]:,.0f}" if name in torch_rates else ""
-    print(f"| {name} | {rate:,.0f} | {theirs} |")
+  print(f"float32; GFLOP/s = 2 x M x N x K / time; XLA: median of {_REPEATS.value} calls of "
+        f"{_PRODUCTS_PER_CALL.value} products in one program; PyTorch: eager torch.einsum, median of "
+        f"{10 * _REPEATS.value} calls (its 'unbatched' rows are the batched einsum); median of {_ROUNDS.value} "
+        "rounds, the columns taking turns\n")
+  print("| product | " + " | ".join(columns) + " |")
+  print("| --- |" + " ---: |" * len(columns))
+  for name in PRODUCTS | LOOPED:
+    print(f"| {name} | " + " | ".join(f"{medians[column][name]:,.0f}" for column in columns) + " |")
   sys.stdout.flush()
 
 
