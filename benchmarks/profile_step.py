@@ -7,10 +7,12 @@ Builds the run's compiled train steps exactly as the runner does (build.Training
 steps per call and donation), warms them up, times --calls untraced calls, then traces as many more with
 jax.profiler and reads the trace's per-op events. Each event is matched by name to an instruction of the
 compiled program, which says what the op is (a matmul: a dot, or a fusion around one; a reduction; anything
-else) and, from its metadata, which part of the model it belongs to (forward or backward pass, block, layer;
-the loss, metrics and optimizer update are "update"). Prints, per step: the untraced wall time, the sum of
-the ops' thread times and the part of the wall they cover (the difference is ops that ran side by side),
-a table by part and kind, and the slowest ops with their output shapes.
+else) and, from its metadata, which part of the model it belongs to (forward or backward pass, and the
+sublayer: attention, MLP, a LayerNorm; the loss, metrics and optimizer update are "update").
+
+Prints, per step: the untraced wall time, the sum of the ops' thread times and the part of the wall they
+cover (the difference is ops that ran side by side), a table by part and kind, the matmuls' FLOP rate, and
+the slowest ops with their output shapes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from benchmarks.common import machine_line
-from experiments import build, host, sharding, validation
+from experiments import build, host, population, sharding, validation
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py:cpu", "Config of the recipe.")
 _CALLS = flags.DEFINE_integer("calls", 5, "Calls of the compiled train steps timed, and as many traced.")
@@ -51,7 +53,7 @@ class Op:
   kind: str  # one of KINDS
   part: str  # e.g. "backward block_N/mlp"; see part_of
   shape: str  # its output's shape
-  flops: float  # of its dots and convolutions' multiply-adds, 2 per (0 when it has none)
+  flops: float  # of its dots: 2 per multiply-add (0 when it has none)
 
 
 def part_of(op_name: str) -> str:
@@ -130,7 +132,7 @@ def compiled_ops(hlo_text: str) -> dict[str, Op]:
     kind = ("matmul" if inside & {"dot", "convolution"} else "reduction" if inside & {"reduce", "reduce-window"}
             else "other")
     op_name = re.search(r'op_name="([^"]*)"', rest)
-    ops[name] = Op(kind, part_of(op_name.group(1) if op_name else ""), shape.split("{")[0], flops)
+    ops[name] = Op(kind, part_of(op_name.group(1) if op_name else ""), re.sub(r"\{[^}]*\}", "", shape), flops)
   return ops
 
 
@@ -183,7 +185,9 @@ def main(argv):
   config = _CONFIG.value
   errors = validation.validate(config)
   if errors:
-    raise app.UsageError("\n".join(errors))
+    raise app.UsageError("\n".join(errors), exitcode=2)
+  if population.size_of(config) > 1:
+    raise app.UsageError("profile_step profiles one run's step: give a config without a population", exitcode=2)
   host.keep_freed_memory(host.one_heap_pays(config))
   data = build.load_data(config)
   config = validation.resolve(config, data.vocab_size)

@@ -107,7 +107,7 @@ def test_the_profile_finds_each_matmul_of_a_compiled_loop_with_its_flops_and_run
   compiled = program.lower(x, y).compile()
   ops = profile_step.compiled_ops(compiled.as_text())
   matmuls = {name: op for name, op in ops.items() if op.kind == "matmul"}
-  assert [op.flops for op in matmuls.values()] == [2 * 48 * 32 * 24]
+  assert [(op.flops, op.shape) for op in matmuls.values()] == [(2 * 48 * 32 * 24, "f32[48,24]")]
   with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
     for _ in range(3):
       compiled(x, y).block_until_ready()
