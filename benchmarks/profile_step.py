@@ -43,6 +43,7 @@ KINDS = ("matmul", "reduction", "other")
 # Instructions that only hold others (their events span their body's ops) or move no data.
 _CONTAINERS = {"while", "conditional", "call", "tuple", "get-tuple-element", "parameter", "constant", "bitcast"}
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s*=\s*(.+?)\s+([a-z][a-z0-9-]*)\((.*)$")
+_LOOP_SCOPES = {"while", "body", "cond", "closed_call", "checkpoint", "remat"}
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%(\S+)\s+\(.*\{\s*$")
 
 
@@ -66,15 +67,19 @@ def part_of(op_name: str) -> str:
   """
   if not op_name:
     return "unattributed"
-  path = op_name.split("closed_call/", 1)[-1]
-  for prefix, name in (("transpose(jvp(TransformerLM))/", "backward"), ("jvp(TransformerLM)/", "forward")):
-    if path.startswith(prefix):
-      # The last name is the primitive the instruction lowers; jit(...) scopes are library functions.
-      scopes = [p for p in path[len(prefix):].split("/")[:-1] if not p.startswith("jit(")]
+  for marker, name in (("transpose(jvp(TransformerLM))/", "backward"), ("jvp(TransformerLM)/", "forward")):
+    at = op_name.find(marker)
+    if at >= 0:
+      # The last name is the primitive the instruction lowers; jit(...) scopes are library functions, and
+      # loops (scan_layers, micro-batches) add scopes of their own.
+      scopes = [p for p in op_name[at + len(marker):].split("/")[:-1]
+                if not p.startswith("jit(") and p not in _LOOP_SCOPES]
+      if scopes[:1] == ["blocks"]:  # scan_layers: the stacked blocks, each one 'block'
+        scopes = scopes[1:]
       if not scopes:
         return f"{name} top level"
-      depth = 2 if re.fullmatch(r"block_\d+", scopes[0]) else 1
-      return f"{name} " + "/".join(re.sub(r"^block_\d+$", "block_N", p) for p in scopes[:depth])
+      depth = 2 if re.fullmatch(r"block(_\d+)?", scopes[0]) else 1
+      return f"{name} " + "/".join(re.sub(r"^block(_\d+)?$", "block_N", p) for p in scopes[:depth])
   return "update"
 
 

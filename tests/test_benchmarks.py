@@ -94,6 +94,10 @@ def test_the_gpu_check_runs_every_section_at_toy_sizes(tmp_path):
     ("jit(train_steps)/while/body/closed_call/jvp(TransformerLM)/final_norm/mul", "forward final_norm"),
     ("jit(train_steps)/while/body/closed_call/transpose(jvp(TransformerLM))/dot_general", "backward top level"),
     ("jit(train_steps)/while/body/closed_call/sqrt", "update"),
+    ("jit(train_steps)/while/body/closed_call/jvp(TransformerLM)/while/body/closed_call/blocks/block/attention/le",
+     "forward block_N/attention"),
+    ("jit(train_steps)/while/body/closed_call/while/body/closed_call/transpose(jvp(TransformerLM))/block_0/mlp/mul",
+     "backward block_N/mlp"),
     ("", "unattributed"),
 ])
 def test_the_profile_names_the_part_of_the_step_an_op_comes_from(op_name, part):
