@@ -35,12 +35,13 @@ from absl import app, flags
 
 from benchmarks.common import machine_line
 
-_REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per product (after a few warm-up calls).")
-_PRODUCTS_PER_CALL = flags.DEFINE_integer("products_per_call", 50, "Products in each of XLA's timed calls.")
+_REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per product (after a few warm-up calls).", lower_bound=1)
+_PRODUCTS_PER_CALL = flags.DEFINE_integer("products_per_call", 50, "Products in each of XLA's timed calls.",
+                                          lower_bound=1)
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", "", "A Python with torch: time the same products in PyTorch.")
 _POINT = flags.DEFINE_enum("point", "", ["", "xla", "torch"], "Internal: time one library's products in this "
                            "process and print them as JSON.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds in which every column is timed once, in turn.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds in which every column is timed once, in turn.", lower_bound=1)
 _THREADS = flags.DEFINE_integer("threads", 0, "Internal: PyTorch's threads (0: its default).")
 _PIN_CPU = flags.DEFINE_integer("pin_cpu", -1, "Internal: run on this CPU alone (-1: on all).")
 
@@ -154,7 +155,7 @@ def main(argv):
   cpus = sorted(os.sched_getaffinity(0))
   # Each column is a child process; the columns take turns over --rounds rounds and each keeps its median,
   # so that a phase of the machine's drifting speed falls on all of them.
-  columns = {f"XLA, {len(cpus)} cores": (sys.executable, "xla", ()),
+  columns = {f"XLA, {len(cpus)} core{'s' if len(cpus) > 1 else ''}": (sys.executable, "xla", ()),
              "XLA, 1 core": (sys.executable, "xla", (f"--pin_cpu={cpus[0]}",))}
   version = ""
   if _TORCH_PYTHON.value:

@@ -36,8 +36,8 @@ from benchmarks.common import machine_line
 from experiments import build, host, population, sharding, validation
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py:cpu", "Config of the recipe.")
-_CALLS = flags.DEFINE_integer("calls", 5, "Calls of the compiled train steps timed, and as many traced.")
-_TOP = flags.DEFINE_integer("top", 15, "Slowest ops listed.")
+_CALLS = flags.DEFINE_integer("calls", 5, "Calls of the compiled train steps timed, and as many traced.", lower_bound=1)
+_TOP = flags.DEFINE_integer("top", 15, "Slowest ops listed.", lower_bound=0)
 
 KINDS = ("matmul", "reduction", "other")
 # Instructions that only hold others (their events span their body's ops) or move no data.
