@@ -13,6 +13,9 @@ sublayer: attention, MLP, a LayerNorm; the loss, metrics and optimizer update ar
 Prints, per step: the untraced wall time, the sum of the ops' thread times and the part of the wall they
 cover (the difference is ops that ran side by side), a table by part and kind, the matmuls' FLOP rate, and
 the slowest ops with their output shapes.
+
+Written for the CPU backend, whose trace names each op after its HLO instruction; an accelerator's trace
+names its kernels, which need not match, and its library matmuls are custom calls (counted here as "other").
 """
 
 from __future__ import annotations
