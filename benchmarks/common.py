@@ -28,3 +28,11 @@ def cpu_model() -> str:
 def machine_line() -> str:
   return (f"machine: {cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, devices {jax.devices()}; "
           f"jax {jax.__version__}, Python {platform.python_version()}")
+
+
+def recipe_line(config) -> str:
+  """The sizes of a config's model and step that its timings depend on, as the benchmarks print them."""
+  m, t = config.model, config.train
+  return (f"recipe: {m.num_layers} layers, {m.num_heads} heads, width {m.d_model}, context {config.data.seq_len}, "
+          f"batch {t.batch_size}, attention {m.attention_impl}, dtype {m.dtype}, dropout {m.dropout_rate}, "
+          f"{t.steps_per_call} steps per call")

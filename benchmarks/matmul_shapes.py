@@ -56,6 +56,8 @@ PRODUCTS = {
     "MLP up [768,128] x [128,512]": ("nd,df->nf", (N, D), (D, F)),
     "MLP down [768,512] x [512,128]": ("nf,fd->nd", (N, F), (F, D)),
     "unembedding [768,128] x [128,65]": ("nd,dv->nv", (N, D), (D, V)),
+    # Not in the step: the MLP's product at 4x its tokens, to show how the gain from more cores grows with size.
+    "MLP up at 4x the tokens [3072,128] x [128,512]": ("nd,df->nf", (4 * N, D), (D, F)),
     "scores as the model writes them, BLHK,BMHK->BHLM": ("blhk,bmhk->bhlm", (B, L, H, K), (B, L, H, K)),
     "scores, heads first, BHLK,BHMK->BHLM": ("bhlk,bhmk->bhlm", (B, H, L, K), (B, H, L, K)),
     "mix as the model writes it, BHLM,BMHR->BLHR": ("bhlm,bmhr->blhr", (B, H, L, L), (B, L, H, K)),

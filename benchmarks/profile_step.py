@@ -35,7 +35,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.common import machine_line
+from benchmarks.common import machine_line, recipe_line
 from experiments import build, host, population, sharding, validation
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py:cpu", "Config of the recipe.")
@@ -132,7 +132,7 @@ def compiled_ops(hlo_text: str) -> dict[str, Op]:
   for computation, name, shape, opcode, rest in instructions:
     if opcode in _CONTAINERS or computation in inner:
       continue
-    inside, flops = {opcode}, _dot_flops(shape, rest, shapes) if opcode == "dot" else 0.0
+    inside, flops = {opcode}, (_dot_flops(shape, rest, shapes) if opcode == "dot" else 0.0)
     if opcode == "fusion":
       called = re.search(r"calls=%([^\s,]+)", rest)
       inside = bodies.get(called.group(1), set()) if called else set()
@@ -197,7 +197,10 @@ def main(argv):
   if population.size_of(config) > 1:
     raise app.UsageError("profile_step profiles one run's step: give a config without a population", exitcode=2)
   host.keep_freed_memory(host.one_heap_pays(config))
-  data = build.load_data(config)
+  try:
+    data = build.load_data(config)
+  except validation.ConfigError as error:  # one line naming the data field, as the train command says it
+    raise app.UsageError(str(error), exitcode=2) from None
   config = validation.resolve(config, data.vocab_size)
   sharded = build.ShardedModel(config)
   training = build.Training(config, sharded, data)
@@ -220,11 +223,8 @@ def main(argv):
   def ms(us: float) -> float:  # microseconds over the traced calls -> milliseconds a step
     return us / steps / 1e3
 
-  m = config.model
   print(machine_line())
-  print(f"recipe: {m.num_layers} layers, {m.num_heads} heads, width {m.d_model}, context {config.data.seq_len}, "
-        f"batch {config.train.batch_size}, attention {m.attention_impl}, dtype {m.dtype}, {per_call} steps per call; "
-        f"{_CALLS.value} calls timed, {_CALLS.value} traced")
+  print(f"{recipe_line(config)}; {_CALLS.value} calls timed, {_CALLS.value} traced")
   print(f"wall {1e3 * statistics.median(seconds) / per_call:.2f} ms a step (median untraced call); traced ops "
         f"{ms(sum(micros.values())):.2f} ms of thread time, covering {ms(covered):.2f} ms of the traced wall\n")
   print("| part | " + " | ".join(f"{k} ms" for k in KINDS) + " | total ms |")

@@ -27,7 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from benchmarks import torch_twins
-from benchmarks.common import machine_line
+from benchmarks.common import machine_line, recipe_line
 from experiments import host
 from experiments.files import read_metrics
 from experiments.metrics import device_peak_flops
@@ -99,11 +99,9 @@ def main(argv):
   peak_after, _ = device_peak_flops(config.model.dtype)
   peak = max(peak_before, peak_after)
   peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-  m, t = config.model, config.train
+  t = config.train
   print(f"{machine_line()}; malloc keeps freed memory: {kept}{' (one heap)' if kept and one_heap else ''}")
-  print(f"recipe: {m.num_layers} layers, {m.num_heads} heads, width {m.d_model}, context {config.data.seq_len}, "
-        f"batch {t.batch_size}, attention {m.attention_impl}, dtype {m.dtype}, dropout {m.dropout_rate}, "
-        f"{t.steps_per_call} steps per call; {result['steps']} steps, {result['intervals']} timed intervals of "
+  print(f"{recipe_line(config)}; {result['steps']} steps, {result['intervals']} timed intervals of "
         f"{_LOG_EVERY.value}; peak {peak / 1e9:,.1f} GFLOP/s ({source}; {peak_before / 1e9:,.1f} before the "
         f"run, {peak_after / 1e9:,.1f} after)\n")
   print("| implementation | params | median step ms (p10-p90) | tokens/s | MFU | data wait | compile s "
